@@ -1,0 +1,1 @@
+"""One class per model; each takes its ONNX Runtime session (or classical resources) injected."""

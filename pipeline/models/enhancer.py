@@ -1,0 +1,92 @@
+"""GFPGAN 1.4 face restoration on aligned 512x512 FFHQ crops, and FaceFusion's enhancer blend."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from pipeline.errors import InvalidInputError, InvalidOptionError, ModelContractError
+from pipeline.geometry import blend as blend_images
+from pipeline.models.embedder import batch_axis
+from pipeline.types import CropsBGR, ImageBGR
+
+
+def enhancer_blend(original_crop: ImageBGR, enhanced_crop: ImageBGR, blend: int) -> ImageBGR:
+    """FaceFusion ``face_enhancer_blend``: ``blend`` 0 keeps ``original_crop``, 100 gives
+    ``enhanced_crop``; linear in between. Both (S, S, 3) BGR uint8 (or any equal uint8 shape)."""
+    if isinstance(blend, bool) or not isinstance(blend, int | np.integer):
+        raise InvalidOptionError(f"face_enhancer_blend must be an integer 0..100, got {blend!r}")
+    if not 0 <= blend <= 100:
+        raise InvalidOptionError(f"face_enhancer_blend must be in [0, 100], got {blend}")
+    if original_crop.shape != enhanced_crop.shape:
+        raise InvalidInputError(
+            f"enhancer_blend: crops differ in shape, {original_crop.shape} vs {enhanced_crop.shape}"
+        )
+    return blend_images(original_crop, enhanced_crop, int(blend) / 100.0)
+
+
+class GfpganEnhancer:
+    """Enhancer protocol over a GFPGAN-style ONNX session (injected).
+
+    Graph contract: one input (N, 3, S, S) float32 RGB ``(x / 255 - 0.5) / 0.5`` with S ==
+    ``crop_size`` (or dynamic), one output of the same shape in [-1, 1]; N dynamic (one call per
+    batch) or fixed 1 (one call per crop).
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        *,
+        name: str = "gfpgan_1.4",
+        template: str = "ffhq_512",
+        crop_size: int = 512,
+    ) -> None:
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelContractError(
+                f"{name}: expected 1 input and 1 output, the graph has "
+                f"{[i.name for i in inputs]} -> {[o.name for o in outputs]}"
+            )
+        for what, arg in (("input", inputs[0]), ("output", outputs[0])):
+            shape = list(arg.shape)
+            spatial_ok = all(not isinstance(d, int) or d == crop_size for d in shape[2:])
+            if len(shape) != 4 or shape[1] != 3 or not spatial_ok:
+                raise ModelContractError(
+                    f"{name}: {what} {arg.name!r} has shape {shape}, "
+                    f"expected [N, 3, {crop_size}, {crop_size}]"
+                )
+        if inputs[0].type != "tensor(float)":
+            raise ModelContractError(
+                f"{name}: input {inputs[0].name!r} is {inputs[0].type}, expected float32"
+            )
+        self._fixed_batch = batch_axis(inputs[0].shape[0], f"{name} input {inputs[0].name!r}")
+        self._session = session
+        self._input = inputs[0].name
+        self._output = outputs[0].name
+        self.name = name
+        self.template = template
+        self.crop_size = crop_size
+
+    def enhance_crops(self, crops: CropsBGR) -> CropsBGR:
+        """(N, S, S, 3) BGR uint8 crops aligned to ``template`` -> (N, S, S, 3) BGR uint8 restored."""
+        s = self.crop_size
+        if crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or crops.dtype != np.uint8:
+            raise InvalidInputError(
+                f"{self.name}: crops must be (N, {s}, {s}, 3) uint8, got {crops.shape} {crops.dtype}"
+            )
+        if len(crops) == 0:
+            return np.zeros((0, s, s, 3), np.uint8)
+        x = crops[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)
+        blob = np.ascontiguousarray((x / 255.0 - 0.5) / 0.5, dtype=np.float32)
+        if self._fixed_batch == 1:
+            out = np.concatenate(
+                [
+                    self._session.run([self._output], {self._input: blob[i : i + 1]})[0]
+                    for i in range(len(blob))
+                ]
+            )
+        else:
+            out = self._session.run([self._output], {self._input: blob})[0]
+        y = (np.clip(out.astype(np.float32), -1.0, 1.0) + 1.0) / 2.0 * 255.0
+        rgb = np.clip(np.rint(y), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(rgb.transpose(0, 2, 3, 1)[..., ::-1])

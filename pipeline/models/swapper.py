@@ -1,0 +1,150 @@
+"""InsightFace inswapper_128: aligned 128x128 target crop + source identity latent -> swapped crop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from pipeline.errors import InvalidInputError, ModelContractError
+from pipeline.models.embedder import ArcFaceEmbedder, batch_axis, l2_normalise
+from pipeline.types import CropsBGR, Face, ImageBGR
+
+EMAP_SHAPE = (512, 512)
+
+_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def load_emap(model_path: Path | str) -> npt.NDArray[np.float32]:
+    """(512, 512) float32 ``emap``: the LAST initializer of the inswapper graph (InsightFace layout).
+
+    Reads the graph only (``load_external_data=False``); raises :class:`ModelContractError` when the
+    file has no initializers or the last one is not (512, 512).
+    """
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ... for unreadable files
+        raise ModelContractError(f"{Path(model_path).name}: cannot read the ONNX graph: {exc}") from exc
+    if not model.graph.initializer:
+        raise ModelContractError(f"{Path(model_path).name}: the graph has no initializers, so no emap")
+    last = model.graph.initializer[-1]
+    emap = numpy_helper.to_array(last)
+    if emap.shape != EMAP_SHAPE:
+        raise ModelContractError(
+            f"{Path(model_path).name}: last initializer {last.name!r} has shape {emap.shape}, "
+            f"expected the {EMAP_SHAPE} emap"
+        )
+    return emap.astype(np.float32)
+
+
+class InswapperSwapper:
+    """Swapper protocol over an inswapper_128 ONNX session (injected) and its ``emap``.
+
+    Graph contract: inputs ``target`` (N, 3, 128, 128) RGB float in [0, 1] and ``source`` (N, 512)
+    latent, one output (N, 3, 128, 128) RGB in [0, 1]; float32 or float16 inputs; N dynamic (one call
+    per batch) or fixed 1 (one call per crop). The identity of a source face is its latent, (512,)
+    float32: ``normalize(normalize(embedding) @ emap)`` (InsightFace), with ``embedder`` an ArcFace
+    w600k_r50 whose embeddings the model was trained on.
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        emap: npt.NDArray[np.float32],
+        embedder: ArcFaceEmbedder,
+        *,
+        name: str = "inswapper_128",
+        template: str = "arcface_128",
+        crop_size: int = 128,
+    ) -> None:
+        emap = np.asarray(emap, np.float32)
+        if emap.shape != EMAP_SHAPE:
+            raise ModelContractError(f"{name}: emap has shape {emap.shape}, expected {EMAP_SHAPE}")
+        if embedder.dim != EMAP_SHAPE[0]:
+            raise ModelContractError(
+                f"{name}: embedder {embedder.name!r} gives {embedder.dim}-d embeddings, "
+                f"the emap takes {EMAP_SHAPE[0]}"
+            )
+        inputs = {i.name: i for i in session.get_inputs()}
+        outputs = session.get_outputs()
+        if set(inputs) != {"target", "source"} or len(outputs) != 1:
+            raise ModelContractError(
+                f"{name}: expected inputs ['source', 'target'] and 1 output, the graph has "
+                f"{sorted(inputs)} -> {[o.name for o in outputs]}"
+            )
+        crop_shape = [3, crop_size, crop_size]
+        checks = (
+            ("input 'target'", list(inputs["target"].shape), crop_shape),
+            ("input 'source'", list(inputs["source"].shape), [EMAP_SHAPE[1]]),
+            (f"output {outputs[0].name!r}", list(outputs[0].shape), crop_shape),
+        )
+        for what, shape, tail in checks:
+            if len(shape) != len(tail) + 1 or shape[1:] != tail:
+                raise ModelContractError(
+                    f"{name}: {what} has shape {shape}, expected [N, {', '.join(map(str, tail))}]"
+                )
+        for key in ("target", "source"):
+            if inputs[key].type not in _FLOAT_TYPES:
+                raise ModelContractError(
+                    f"{name}: input {key!r} is {inputs[key].type}, expected float32 or float16"
+                )
+        fixed = {batch_axis(inputs[k].shape[0], f"{name} input {k!r}") for k in ("target", "source")}
+        self._fixed_batch = 1 if 1 in fixed else None
+        self._target_dtype = _FLOAT_TYPES[inputs["target"].type]
+        self._source_dtype = _FLOAT_TYPES[inputs["source"].type]
+        self._output = outputs[0].name
+        self._session = session
+        self._emap = emap
+        self._embedder = embedder
+        self.name = name
+        self.template = template
+        self.crop_size = crop_size
+
+    def latent(self, embedding: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """(512,) or (N, 512) embedding -> same-shape float32 latent, ``normalize(normalize(e) @ emap)``."""
+        e = np.asarray(embedding, np.float32)
+        if e.shape[-1] != EMAP_SHAPE[0] or e.ndim not in (1, 2):
+            raise InvalidInputError(f"{self.name}: embedding must be (512,) or (N, 512), got {e.shape}")
+        return l2_normalise(l2_normalise(e) @ self._emap)
+
+    def encode_source(self, image: ImageBGR, face: Face) -> npt.NDArray[np.float32]:
+        """(512,) float32 latent of ``face`` in ``image``.
+
+        Always embeds with this swapper's embedder: ``face.embedding`` may come from another model
+        (the matcher's), and the latent is only meaningful for the embedder the swapper was trained with.
+        """
+        return self.latent(self._embedder.embed_face(image, face))
+
+    def swap_crops(self, crops: CropsBGR, identities: npt.NDArray[np.float32]) -> CropsBGR:
+        """(N, 128, 128, 3) BGR uint8 target crops, (N, 512) float32 latents -> (N, 128, 128, 3) BGR uint8."""
+        s = self.crop_size
+        if crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or crops.dtype != np.uint8:
+            raise InvalidInputError(
+                f"{self.name}: crops must be (N, {s}, {s}, 3) uint8, got {crops.shape} {crops.dtype}"
+            )
+        if identities.shape != (len(crops), EMAP_SHAPE[1]):
+            raise InvalidInputError(
+                f"{self.name}: identities must be ({len(crops)}, {EMAP_SHAPE[1]}), got {identities.shape}"
+            )
+        if len(crops) == 0:
+            return np.zeros((0, s, s, 3), np.uint8)
+        rgb_nchw = crops[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        target = np.ascontiguousarray(rgb_nchw, dtype=self._target_dtype)
+        source = np.ascontiguousarray(identities, dtype=self._source_dtype)
+        if self._fixed_batch == 1:
+            out = np.concatenate(
+                [
+                    self._session.run(
+                        [self._output], {"target": target[i : i + 1], "source": source[i : i + 1]}
+                    )[0]
+                    for i in range(len(crops))
+                ]
+            )
+        else:
+            out = self._session.run([self._output], {"target": target, "source": source})[0]
+        rgb = np.clip(np.rint(out.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(rgb.transpose(0, 2, 3, 1)[..., ::-1])

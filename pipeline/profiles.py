@@ -1,0 +1,217 @@
+"""Build pipelines from a profile: which model runs for each stage, found on disk or embedded.
+
+Profiles:
+- ``lite``: needs no download: OpenCV Haar detector with eye-derived landmarks, classical swapper
+  (alignment, colour transfer, blending) and classical enhancer. No embedder.
+- ``full``: FaceFusion's models (scrfd_2.5g, arcface_w600k_r50, inswapper_128, gfpgan_1.4); each file
+  must be in the models directory (or be downloaded with ``download=True``).
+- ``auto`` (default): for each stage, the best model whose file is present (models dir, then the
+  shared assets), else the ``lite`` component.
+``overrides`` pin a stage to a catalogue name or to an ONNX file path (e.g. the project's test models).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+
+from pipeline.catalogue import Catalogue, ModelSpec, default_models_dir, resolve_model_file
+from pipeline.download import ensure_models
+from pipeline.engine import FacePipeline
+from pipeline.errors import InvalidOptionError, ModelNotFoundError
+from pipeline.models.base import Detector, Embedder, Enhancer, Swapper
+from pipeline.models.classical import ClassicalEnhancer, ClassicalSwapper
+from pipeline.models.detectors import HaarDetector, ScrfdDetector, YunetDetector
+from pipeline.models.embedder import ArcFaceEmbedder
+from pipeline.models.enhancer import GfpganEnhancer
+from pipeline.models.swapper import InswapperSwapper, load_emap
+from pipeline.sessions import SessionConfig, create_session
+
+log = logging.getLogger(__name__)
+
+PROFILES = ("auto", "lite", "full")
+STAGES = ("detector", "embedder", "swapper", "enhancer")
+
+FULL_MODELS = MappingProxyType(
+    {
+        "detector": "scrfd_2.5g",
+        "embedder": "arcface_w600k_r50",
+        "swapper": "inswapper_128",
+        "enhancer": "gfpgan_1.4",
+    }
+)
+AUTO_PREFERENCE = MappingProxyType(
+    {
+        "detector": ("scrfd_2.5g", "retinaface_10g", "yunet_2026may", "scrfd_500m", "yunet_2023mar"),
+        "embedder": ("arcface_w600k_r50", "mobilefacenet_128d"),
+        "swapper": ("inswapper_128", "inswapper_128_fp16"),
+        "enhancer": ("gfpgan_1.4",),
+    }
+)
+
+
+def shared_assets_models_dir() -> Path:
+    """The project's real test models: $FACESWAP_SHARED_ASSETS/models or <repo>/../shared/assets/models."""
+    root = os.environ.get("FACESWAP_SHARED_ASSETS")
+    base = Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "assets"
+    return base / "models"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How to assemble a pipeline. ``overrides``: stage -> catalogue name or ``.onnx`` path."""
+
+    profile: str = "auto"
+    models_dir: Path | None = None
+    extra_search_dirs: tuple[Path, ...] = ()
+    use_shared_assets: bool = True
+    download: bool = False
+    session: SessionConfig = field(default_factory=SessionConfig)
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    enhance: bool = True
+    """Load an enhancer at all (GFPGAN is large; a service may skip it)."""
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise InvalidOptionError(f"profile: unknown {self.profile!r}, expected one of {list(PROFILES)}")
+        unknown = sorted(set(self.overrides) - set(STAGES))
+        if unknown:
+            raise InvalidOptionError(f"overrides: unknown stage(s) {unknown}, expected {list(STAGES)}")
+
+    @property
+    def search_dirs(self) -> list[Path]:
+        dirs = [self.models_dir or default_models_dir(), *self.extra_search_dirs]
+        if self.use_shared_assets:
+            dirs.append(shared_assets_models_dir())
+        return dirs
+
+
+class ModelFactory:
+    """Creates each stage's model for a config; one place that maps model families to classes."""
+
+    def __init__(self, config: PipelineConfig, catalogue: Catalogue | None = None) -> None:
+        self.config = config
+        self.catalogue = catalogue or Catalogue.load()
+
+    # -- locating files -------------------------------------------------------------------------
+    def _choose(self, stage: str) -> tuple[ModelSpec, Path] | None:
+        """The spec and file for ``stage``, or None for the classical (lite) component."""
+        override = self.config.overrides.get(stage)
+        if override is not None:
+            return self._from_override(stage, override)
+        if self.config.profile == "lite":
+            return None
+        if self.config.profile == "full":
+            spec = self.catalogue.get(FULL_MODELS[stage])
+            path = ensure_models(
+                [spec.name],
+                self.catalogue,
+                self.config.search_dirs[0],
+                download=self.config.download,
+                search_dirs=self.config.search_dirs,
+            )[spec.name]
+            return spec, path
+        for name in AUTO_PREFERENCE[stage]:
+            spec = self.catalogue.get(name)
+            path = resolve_model_file(spec, self.config.search_dirs)
+            if path is not None:
+                return spec, path
+        return None
+
+    def _from_override(self, stage: str, value: str) -> tuple[ModelSpec, Path]:
+        if value.endswith(".onnx") or os.sep in value:
+            path = Path(value)
+            if not path.is_file():
+                raise ModelNotFoundError(f"{stage} model file {path} does not exist")
+            try:
+                spec = self.catalogue.spec_for_file(path.name, kind=stage)
+            except ModelNotFoundError:
+                # a file the catalogue does not know (e.g. a test model): the contract of the stage's
+                # FaceFusion model, under the file's own name.
+                base = self.catalogue.get(FULL_MODELS[stage])
+                spec = replace(base, name=path.stem, file=path.name, url=None, sha256=None, size=None)
+            return spec, path
+        spec = self.catalogue.get(value)
+        if spec.kind != stage:
+            raise InvalidOptionError(f"overrides: {value!r} is a {spec.kind}, not a {stage}")
+        path = resolve_model_file(spec, self.config.search_dirs)
+        if path is None:
+            path = ensure_models(
+                [spec.name],
+                self.catalogue,
+                self.config.search_dirs[0],
+                download=self.config.download,
+                search_dirs=self.config.search_dirs,
+            )[spec.name]
+        return spec, path
+
+    def _session(self, path: Path):  # noqa: ANN202 - ort.InferenceSession
+        return create_session(path, self.config.session)
+
+    # -- stages ----------------------------------------------------------------------------------
+    def detector(self) -> Detector:
+        chosen = self._choose("detector")
+        if chosen is None:
+            return HaarDetector()
+        spec, path = chosen
+        session = self._session(path)
+        if spec.family == "yunet" or any(o.name == "cls_8" for o in session.get_outputs()):
+            return YunetDetector(session, name=spec.name)
+        return ScrfdDetector(session, name=spec.name)
+
+    def embedder(self) -> Embedder | None:
+        chosen = self._choose("embedder")
+        if chosen is None:
+            return None
+        spec, path = chosen
+        return ArcFaceEmbedder(
+            self._session(path),
+            name=spec.name,
+            template=spec.template,
+            crop_size=spec.input_size,
+            rgb=spec.channel_order == "rgb",
+            mean=spec.mean,
+            std=spec.std,
+        )
+
+    def swapper(self, embedder: Embedder | None) -> Swapper:
+        chosen = self._choose("swapper")
+        if chosen is None:
+            return ClassicalSwapper()
+        spec, path = chosen
+        emap = load_emap(path)
+        if not isinstance(embedder, ArcFaceEmbedder) or embedder.dim != emap.shape[0]:
+            have = f"{embedder.name} ({embedder.dim}-d)" if isinstance(embedder, ArcFaceEmbedder) else "none"
+            raise ModelNotFoundError(
+                f"{spec.name} needs a {emap.shape[0]}-d ArcFace embedder (arcface_w600k_r50); loaded: {have}"
+            )
+        return InswapperSwapper(self._session(path), emap, embedder, name=spec.name)
+
+    def enhancer(self) -> Enhancer | None:
+        if not self.config.enhance:
+            return None
+        chosen = self._choose("enhancer")
+        if chosen is None:
+            return ClassicalEnhancer()
+        spec, path = chosen
+        return GfpganEnhancer(self._session(path), name=spec.name)
+
+
+def build_pipeline(config: PipelineConfig | None = None, catalogue: Catalogue | None = None) -> FacePipeline:
+    """Assemble the in-process pipeline for ``config`` and log which models run."""
+    config = config or PipelineConfig()
+    factory = ModelFactory(config, catalogue)
+    embedder = factory.embedder()
+    pipeline = FacePipeline(
+        detector=factory.detector(),
+        swapper=factory.swapper(embedder),
+        embedder=embedder,
+        enhancer=factory.enhancer(),
+        profile=config.profile if not config.overrides else "custom",
+    )
+    log.info("pipeline components: %s", pipeline.components)
+    return pipeline

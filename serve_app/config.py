@@ -1,0 +1,180 @@
+"""Typed, strict arguments of the Serve application (``serve_app.app:build_app``).
+
+Every model here forbids unknown keys, so a typo in ``configs/serve*.yaml`` fails the deploy instead of
+being silently ignored. Only plain data lives here: the models are built on the replicas (where the GPU
+is), from :meth:`AppArgs.pipeline_config`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import InvalidOptionError
+from pipeline.profiles import PipelineConfig
+from pipeline.sessions import SessionConfig
+
+DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+"""Default limit of one swap request body (all uploads together), checked while it is read."""
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Default decoded pixel-count limit per image (decompression bombs)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchArgs(_Strict):
+    """``@serve.batch`` knobs; sent as the deployment's ``user_config`` so they change without a restart."""
+
+    max_batch_size: int = Field(8, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0)
+
+
+class AutoscalingArgs(_Strict):
+    """The subset of Ray Serve's ``autoscaling_config`` this service exposes."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+    look_back_period_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> AutoscalingArgs:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas must be >= min_replicas")
+        if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError("initial_replicas must lie in [min_replicas, max_replicas]")
+        return self
+
+
+class ScalingArgs(_Strict):
+    """Placement and admission of one deployment: a fixed ``num_replicas`` or an ``autoscaling`` range."""
+
+    num_replicas: int | None = Field(None, ge=1)
+    autoscaling: AutoscalingArgs | None = None
+    num_cpus: float = Field(0.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    max_ongoing_requests: int = Field(16, ge=1)
+    max_queued_requests: int = Field(64, ge=-1)
+    """Requests a caller's handle may queue for this deployment before it is answered with 503; -1 = no
+    limit."""
+    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_scaling_mode(self) -> ScalingArgs:
+        if self.num_replicas is not None and self.autoscaling is not None:
+            raise ValueError("set num_replicas or autoscaling, not both")
+        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
+            raise ValueError("num_gpus above 1 must be a whole number")
+        return self
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options``."""
+        options: dict[str, Any] = {
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            "health_check_period_s": self.health_check_period_s,
+            "health_check_timeout_s": self.health_check_timeout_s,
+        }
+        if self.autoscaling is not None:
+            options["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
+        else:
+            options["num_replicas"] = self.num_replicas or 1
+        return options
+
+
+class ModelDeploymentArgs(ScalingArgs):
+    """A model deployment (detector, swapper, enhancer): scaling plus its batch knobs."""
+
+    batch: BatchArgs = BatchArgs()
+
+    def deployment_options(self) -> dict[str, Any]:
+        return {**super().deployment_options(), "user_config": self.batch.model_dump()}
+
+
+class IngressArgs(ScalingArgs):
+    """The HTTP ingress: scaling plus upload limits and its own admission limit."""
+
+    num_cpus: float = Field(0.1, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, ge=1024)
+    """Limit of one request body (all uploads together), enforced while the multipart stream is read."""
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    """Decoded pixel-count limit per image."""
+    max_inflight_swaps: int = Field(32, ge=1)
+    """Swaps one ingress replica runs at once; more are answered 503 at once (the ingress' own queue)."""
+    jpeg_quality: int = Field(92, ge=1, le=100)
+    readiness_timeout_s: float = Field(5.0, gt=0)
+
+
+class AppArgs(_Strict):
+    """Arguments of ``build_app``: which models run (profile, directories, overrides, providers) and how
+    each deployment is placed and scaled."""
+
+    profile: Literal["auto", "lite", "full"] = "auto"
+    models_dir: str | None = None
+    extra_search_dirs: list[str] = Field(default_factory=list)
+    use_shared_assets: bool = True
+    download: bool = False
+    overrides: dict[Literal["detector", "embedder", "swapper", "enhancer"], str] = Field(default_factory=dict)
+    """Stage -> catalogue name or ``.onnx`` path."""
+    providers: list[Literal["cuda", "tensorrt", "cpu"]] | None = None
+    """ONNX Runtime providers in preference order; None = CUDA when the replica's onnxruntime has it."""
+    strict_providers: bool = False
+    intra_op_threads: int = Field(0, ge=0)
+    gpu_mem_limit_mb: int = Field(0, ge=0)
+    enhance: bool = True
+    """Deploy the enhancer at all; without it ``enhance_output`` requests are answered 422."""
+    ingress: IngressArgs = IngressArgs()
+    detector: ModelDeploymentArgs = ModelDeploymentArgs()
+    swapper: ModelDeploymentArgs = ModelDeploymentArgs(max_ongoing_requests=32)
+    enhancer: ModelDeploymentArgs = ModelDeploymentArgs()
+
+    @classmethod
+    def parse(cls, args: AppArgs | dict[str, Any] | None) -> AppArgs:
+        """Validate ``args``; any problem (unknown key, wrong type, bad range) is an InvalidOptionError."""
+        if isinstance(args, AppArgs):
+            return args
+        try:
+            return cls.model_validate(args or {})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '<args>'}: {err['msg']}" for err in exc.errors()
+            )
+            raise InvalidOptionError(f"invalid application args: {problems}") from None
+
+    @property
+    def profile_label(self) -> str:
+        """The profile as responses report it (``custom`` when a stage is overridden)."""
+        return self.profile if not self.overrides else "custom"
+
+    def session_config(self) -> SessionConfig:
+        """Evaluate on the replica: ``providers=None`` looks at that process' onnxruntime build."""
+        kwargs: dict[str, Any] = {
+            "intra_op_threads": self.intra_op_threads,
+            "gpu_mem_limit_mb": self.gpu_mem_limit_mb,
+            "strict": self.strict_providers,
+        }
+        if self.providers is None:
+            return SessionConfig.auto(**kwargs)
+        return SessionConfig(providers=tuple(self.providers), **kwargs)
+
+    def pipeline_config(self) -> PipelineConfig:
+        return PipelineConfig(
+            profile=self.profile,
+            models_dir=Path(self.models_dir) if self.models_dir else None,
+            extra_search_dirs=tuple(Path(p) for p in self.extra_search_dirs),
+            use_shared_assets=self.use_shared_assets,
+            download=self.download,
+            session=self.session_config(),
+            overrides=dict(self.overrides),
+            enhance=self.enhance,
+        )

@@ -1,0 +1,59 @@
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaError
+from pipeline.imageio import decode_image, encode_image, sniff_image_type
+
+
+def _png_header(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def test_round_trip_png_is_lossless_and_jpeg_close():
+    rng = np.random.default_rng(1)
+    image = cv2.GaussianBlur(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8), (0, 0), 2)
+    png = encode_image(image, "image/png")
+    assert sniff_image_type(png) == "image/png"
+    assert (decode_image(png) == image).all()
+    jpg = encode_image(image, "image/jpeg")
+    assert sniff_image_type(jpg) == "image/jpeg"
+    assert np.abs(decode_image(jpg).astype(int) - image).mean() < 4
+
+
+def test_formats_are_normalised_to_bgr_uint8():
+    grey = np.full((10, 12), 77, np.uint8)
+    out = decode_image(cv2.imencode(".png", grey)[1].tobytes())
+    assert out.shape == (10, 12, 3) and (out == 77).all()
+    bgra = np.zeros((8, 8, 4), np.uint8)
+    bgra[..., 2] = 255
+    out = decode_image(cv2.imencode(".png", bgra)[1].tobytes())
+    assert out.shape == (8, 8, 3) and (out[..., 2] == 255).all()
+    deep = np.full((6, 6, 3), 65535, np.uint16)
+    out = decode_image(cv2.imencode(".png", deep)[1].tobytes())
+    assert out.dtype == np.uint8 and (out == 255).all()
+    webp = cv2.imencode(".webp", np.full((16, 16, 3), 128, np.uint8))[1].tobytes()
+    assert sniff_image_type(webp) == "image/webp" and decode_image(webp).shape == (16, 16, 3)
+
+
+def test_bad_inputs_map_to_status_codes():
+    with pytest.raises(InvalidInputError):
+        decode_image(b"")
+    with pytest.raises(UnsupportedMediaError) as e:
+        decode_image(b"hello, I am text named face.jpg")
+    assert e.value.status == 415
+    jpg = encode_image(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(InvalidInputError) as e2:
+        decode_image(jpg[:40])
+    assert e2.value.status == 400
+    with pytest.raises(PayloadTooLargeError) as e3:
+        decode_image(_png_header(20000, 20000) + b"\x00" * 64)
+    assert e3.value.status == 413
+    big_jpeg = encode_image(np.zeros((300, 400, 3), np.uint8))
+    with pytest.raises(PayloadTooLargeError):
+        decode_image(big_jpeg, max_pixels=100 * 100)
