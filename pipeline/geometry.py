@@ -58,10 +58,8 @@ def estimate_affine(landmarks: Landmarks5, template: str, size: int) -> Affine:
 def warp_face(image: ImageBGR, landmarks: Landmarks5, template: str, size: int) -> tuple[ImageBGR, Affine]:
     """Aligned ``(size, size, 3)`` crop of the face and the forward affine used."""
     matrix = estimate_affine(landmarks, template, size)
-    crop = cv2.warpAffine(
-        image, matrix, (size, size), borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_LINEAR
-    )
-    return crop, matrix
+    crop = cv2.warpAffine(image, matrix, (size, size), borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_LINEAR)
+    return np.asarray(crop, np.uint8), matrix
 
 
 def box_mask(size: int, blur: float, padding: Sequence[float] = (0, 0, 0, 0)) -> Mask:
@@ -75,7 +73,7 @@ def box_mask(size: int, blur: float, padding: Sequence[float] = (0, 0, 0, 0)) ->
         raise InvalidOptionError(f"face_mask_padding must be 4 percentages in [0, 100], got {list(padding)}")
     blur_amount = int(size * 0.5 * blur)
     blur_area = max(blur_amount // 2, 1)
-    mask = np.ones((size, size), np.float32)
+    mask: np.ndarray = np.ones((size, size), np.float32)
     top, right, bottom, left = (max(blur_area, int(size * p / 100)) for p in padding)
     mask[:top, :] = 0
     mask[-bottom:, :] = 0

@@ -55,8 +55,8 @@ class SwapOptions:
         _check_range("detector_score", self.detector_score, 0.0, 1.0)
         if len(self.face_mask_padding) != 4:
             raise InvalidOptionError("face_mask_padding: expected 4 values (top, right, bottom, left)")
-        for p in self.face_mask_padding:
-            _check_range("face_mask_padding", p, 0, 100)
+        for pad in self.face_mask_padding:
+            _check_range("face_mask_padding", pad, 0, 100)
         if self.face_selector_mode not in ("one", "many", "reference"):
             raise InvalidOptionError(
                 f"face_selector_mode: unknown {self.face_selector_mode!r}, expected one, many or reference"

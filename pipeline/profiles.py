@@ -107,19 +107,12 @@ class ModelFactory:
             return None
         if self.config.profile == "full":
             spec = self.catalogue.get(FULL_MODELS[stage])
-            path = ensure_models(
-                [spec.name],
-                self.catalogue,
-                self.config.search_dirs[0],
-                download=self.config.download,
-                search_dirs=self.config.search_dirs,
-            )[spec.name]
-            return spec, path
+            return spec, self._locate(spec)
         for name in AUTO_PREFERENCE[stage]:
             spec = self.catalogue.get(name)
-            path = resolve_model_file(spec, self.config.search_dirs)
-            if path is not None:
-                return spec, path
+            found = resolve_model_file(spec, self.config.search_dirs)
+            if found is not None:
+                return spec, found
         return None
 
     def _from_override(self, stage: str, value: str) -> tuple[ModelSpec, Path]:
@@ -138,16 +131,17 @@ class ModelFactory:
         spec = self.catalogue.get(value)
         if spec.kind != stage:
             raise InvalidOptionError(f"overrides: {value!r} is a {spec.kind}, not a {stage}")
-        path = resolve_model_file(spec, self.config.search_dirs)
-        if path is None:
-            path = ensure_models(
-                [spec.name],
-                self.catalogue,
-                self.config.search_dirs[0],
-                download=self.config.download,
-                search_dirs=self.config.search_dirs,
-            )[spec.name]
-        return spec, path
+        return spec, self._locate(spec)
+
+    def _locate(self, spec: ModelSpec) -> Path:
+        """The spec's file from the search dirs, downloaded when allowed, else ModelNotFoundError."""
+        return ensure_models(
+            [spec.name],
+            self.catalogue,
+            self.config.search_dirs[0],
+            download=self.config.download,
+            search_dirs=self.config.search_dirs,
+        )[spec.name]
 
     def _session(self, path: Path):  # noqa: ANN202 - ort.InferenceSession
         return create_session(path, self.config.session)
@@ -168,6 +162,7 @@ class ModelFactory:
         if chosen is None:
             return None
         spec, path = chosen
+        assert spec.template is not None  # the catalogue requires one for every non-detector
         return ArcFaceEmbedder(
             self._session(path),
             name=spec.name,
