@@ -58,7 +58,9 @@ def estimate_affine(landmarks: Landmarks5, template: str, size: int) -> Affine:
 def warp_face(image: ImageBGR, landmarks: Landmarks5, template: str, size: int) -> tuple[ImageBGR, Affine]:
     """Aligned ``(size, size, 3)`` crop of the face and the forward affine used."""
     matrix = estimate_affine(landmarks, template, size)
-    crop = cv2.warpAffine(image, matrix, (size, size), borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_LINEAR)
+    crop = cv2.warpAffine(
+        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
     return np.asarray(crop, np.uint8), matrix
 
 

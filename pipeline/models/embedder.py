@@ -12,27 +12,10 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from pipeline.errors import InvalidInputError, ModelContractError
+from pipeline.errors import ModelContractError
 from pipeline.geometry import warp_face
+from pipeline.models.onnx_io import batch_axis, check_crops, l2_normalise, run_batched
 from pipeline.types import CropsBGR, Embedding, Face, ImageBGR
-
-
-def batch_axis(dim: object, what: str) -> int | None:
-    """Batch dimension of an ONNX graph input: ``None`` when dynamic, ``1`` when fixed to 1.
-
-    Raises :class:`ModelContractError` for any other fixed size.
-    """
-    if not isinstance(dim, int):
-        return None
-    if dim != 1:
-        raise ModelContractError(f"{what}: fixed batch axis {dim}, expected 1 or dynamic")
-    return 1
-
-
-def l2_normalise(rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """(N, D) float32 rows divided by their L2 norm (zero rows stay zero)."""
-    norms = np.linalg.norm(rows, axis=-1, keepdims=True)
-    return (rows / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 class ArcFaceEmbedder:
@@ -97,23 +80,10 @@ class ArcFaceEmbedder:
 
     def embed_crops(self, crops: CropsBGR) -> npt.NDArray[np.float32]:
         """(N, S, S, 3) BGR uint8 crops aligned to ``template`` -> (N, D) float32 L2-normalised."""
-        s = self.crop_size
-        if crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or crops.dtype != np.uint8:
-            raise InvalidInputError(
-                f"{self.name}: crops must be (N, {s}, {s}, 3) uint8, got {crops.shape} {crops.dtype}"
-            )
+        check_crops(self.name, crops, self.crop_size)
         if len(crops) == 0:
             return np.zeros((0, self.dim), np.float32)
-        blob = self._blob(crops)
-        if self._fixed_batch == 1:
-            raw = np.concatenate(
-                [
-                    self._session.run([self._output], {self._input: blob[i : i + 1]})[0]
-                    for i in range(len(blob))
-                ]
-            )
-        else:
-            raw = self._session.run([self._output], {self._input: blob})[0]
+        raw = run_batched(self._session, self._output, {self._input: self._blob(crops)}, self._fixed_batch)
         return l2_normalise(raw.astype(np.float32).reshape(len(crops), self.dim))
 
     def embed_face(self, image: ImageBGR, face: Face) -> Embedding:

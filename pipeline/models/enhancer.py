@@ -7,7 +7,7 @@ import onnxruntime as ort
 
 from pipeline.errors import InvalidInputError, InvalidOptionError, ModelContractError
 from pipeline.geometry import blend as blend_images
-from pipeline.models.embedder import batch_axis
+from pipeline.models.onnx_io import batch_axis, check_crops, run_batched
 from pipeline.types import CropsBGR, ImageBGR
 
 
@@ -70,23 +70,12 @@ class GfpganEnhancer:
     def enhance_crops(self, crops: CropsBGR) -> CropsBGR:
         """(N, S, S, 3) BGR uint8 crops aligned to ``template`` -> (N, S, S, 3) BGR uint8 restored."""
         s = self.crop_size
-        if crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or crops.dtype != np.uint8:
-            raise InvalidInputError(
-                f"{self.name}: crops must be (N, {s}, {s}, 3) uint8, got {crops.shape} {crops.dtype}"
-            )
+        check_crops(self.name, crops, s)
         if len(crops) == 0:
             return np.zeros((0, s, s, 3), np.uint8)
         x = crops[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)
         blob = np.ascontiguousarray((x / 255.0 - 0.5) / 0.5, dtype=np.float32)
-        if self._fixed_batch == 1:
-            out = np.concatenate(
-                [
-                    self._session.run([self._output], {self._input: blob[i : i + 1]})[0]
-                    for i in range(len(blob))
-                ]
-            )
-        else:
-            out = self._session.run([self._output], {self._input: blob})[0]
+        out = run_batched(self._session, self._output, {self._input: blob}, self._fixed_batch)
         y = (np.clip(out.astype(np.float32), -1.0, 1.0) + 1.0) / 2.0 * 255.0
         rgb = np.clip(np.rint(y), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(rgb.transpose(0, 2, 3, 1)[..., ::-1])

@@ -11,7 +11,8 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from pipeline.errors import InvalidInputError, ModelContractError
-from pipeline.models.embedder import ArcFaceEmbedder, batch_axis, l2_normalise
+from pipeline.models.embedder import ArcFaceEmbedder
+from pipeline.models.onnx_io import batch_axis, check_crops, l2_normalise, run_batched
 from pipeline.types import CropsBGR, Face, ImageBGR
 
 EMAP_SHAPE = (512, 512)
@@ -122,10 +123,7 @@ class InswapperSwapper:
     def swap_crops(self, crops: CropsBGR, identities: npt.NDArray[np.float32]) -> CropsBGR:
         """(N, 128, 128, 3) BGR uint8 target crops, (N, 512) float32 latents -> (N, 128, 128, 3) BGR uint8."""
         s = self.crop_size
-        if crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or crops.dtype != np.uint8:
-            raise InvalidInputError(
-                f"{self.name}: crops must be (N, {s}, {s}, 3) uint8, got {crops.shape} {crops.dtype}"
-            )
+        check_crops(self.name, crops, s)
         if identities.shape != (len(crops), EMAP_SHAPE[1]):
             raise InvalidInputError(
                 f"{self.name}: identities must be ({len(crops)}, {EMAP_SHAPE[1]}), got {identities.shape}"
@@ -135,16 +133,8 @@ class InswapperSwapper:
         rgb_nchw = crops[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
         target = np.ascontiguousarray(rgb_nchw, dtype=self._target_dtype)
         source = np.ascontiguousarray(identities, dtype=self._source_dtype)
-        if self._fixed_batch == 1:
-            out = np.concatenate(
-                [
-                    self._session.run(
-                        [self._output], {"target": target[i : i + 1], "source": source[i : i + 1]}
-                    )[0]
-                    for i in range(len(crops))
-                ]
-            )
-        else:
-            out = self._session.run([self._output], {"target": target, "source": source})[0]
+        out = run_batched(
+            self._session, self._output, {"target": target, "source": source}, self._fixed_batch
+        )
         rgb = np.clip(np.rint(out.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(rgb.transpose(0, 2, 3, 1)[..., ::-1])
