@@ -11,17 +11,18 @@ import logging
 import sys
 from pathlib import Path
 
-import cv2
-
 from pipeline.catalogue import Catalogue, default_models_dir, resolve_model_file
 from pipeline.download import TextProgress, download_model
 from pipeline.errors import FaceSwapError, InvalidInputError, ModelNotFoundError, NoFaceError
-from pipeline.imageio import read_image_file
+from pipeline.imageio import encode_image, read_image_file
 from pipeline.options import SwapOptions
 from pipeline.profiles import PROFILES, PipelineConfig, build_pipeline
+from pipeline.provenance import ProvenanceLabel, label_image
 from pipeline.sessions import SessionConfig
 
 log = logging.getLogger("faceswap")
+
+_OUTPUT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 
 
 def _exit_code(error: FaceSwapError) -> int:
@@ -60,11 +61,18 @@ def _cmd_swap(args: argparse.Namespace) -> int:
     pipeline = build_pipeline(_pipeline_config(args))
     result = pipeline.swap(source, target, options, reference)
     out = Path(args.output)
-    if out.suffix.lower() not in (".jpg", ".jpeg", ".png", ".webp"):
-        raise InvalidInputError(f"output {out}: use a .jpg, .png or .webp file name")
+    media_type = _OUTPUT_TYPES.get(out.suffix.lower())
+    if media_type is None:
+        raise InvalidInputError(f"output {out}: use a .jpg, .jpeg or .png file name")
+    data = encode_image(result.image, media_type)
+    if args.provenance:
+        models = {k: v for k, v in result.components.items() if v is not None}
+        data = label_image(data, media_type, ProvenanceLabel(models=models))
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), result.image):
-        raise InvalidInputError(f"cannot write {out}")
+    try:
+        out.write_bytes(data)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write {out}: {exc.strerror}") from None
     summary = {"output": str(out), "faces_swapped": result.faces_swapped, **result.components}
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0
@@ -99,7 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     swap = sub.add_parser("swap", help="swap the face of SOURCE onto the face(s) in TARGET")
     swap.add_argument("source")
     swap.add_argument("target")
-    swap.add_argument("-o", "--output", required=True, help="output image (.jpg, .png or .webp)")
+    swap.add_argument("-o", "--output", required=True, help="output image (.jpg or .png)")
+    swap.add_argument(
+        "--no-provenance",
+        dest="provenance",
+        action="store_false",
+        help="do not label the output as synthetic (XMP DigitalSourceType + JSON label)",
+    )
     swap.add_argument("--enhance", action="store_true", help="run the face enhancer after the swap")
     swap.add_argument("--blend-ratio", type=float, default=1.0, help="swapped-face weight, 0-1 (default 1)")
     swap.add_argument("--face-mask-blur", type=float, default=0.3, help="mask edge blur, 0-1 (default 0.3)")

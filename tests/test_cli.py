@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from pipeline.options import SwapOptions
+from pipeline.provenance import read_label
 from pipeline.profiles import PipelineConfig, build_pipeline
 
 
@@ -27,6 +28,8 @@ def test_swap_two_real_photos_changes_only_the_face(assets, load_image, tmp_path
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["profile"] == "lite" and summary["faces_swapped"] == 1
+    label = read_label(out.read_bytes())
+    assert label is not None and label.models["swapper"] == "classical"
     result = cv2.imread(str(out))
     original = load_image(target.name)
     assert result.shape == original.shape
@@ -60,6 +63,19 @@ def test_auto_profile_uses_the_shared_models_and_says_so(assets, tmp_path):
     assert summary["profile"] == "auto"
     assert summary["detector"] != "haar" and summary["embedder"] is not None
     assert cv2.imread(str(out)) is not None
+    unlabelled = tmp_path / "plain.png"
+    proc = _faceswap(
+        "swap",
+        str(images / "codait_luciano_cc0.png"),
+        str(images / "codait_luciano_cc0.png"),
+        "-o",
+        str(unlabelled),
+        "--profile",
+        "lite",
+        "--no-provenance",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert read_label(unlabelled.read_bytes()) is None
 
 
 def test_unreadable_image_no_face_and_missing_models_exit_non_zero(assets, tmp_path):
