@@ -29,43 +29,51 @@ class _Strict(BaseModel):
 class BatchArgs(_Strict):
     """``@serve.batch`` knobs; sent as the deployment's ``user_config`` so they change without a restart."""
 
-    max_batch_size: int = Field(8, ge=1, le=256)
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0)
+    max_batch_size: int = Field(default=8, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0.0, le=10.0)
 
 
 class AutoscalingArgs(_Strict):
     """The subset of Ray Serve's ``autoscaling_config`` this service exposes."""
 
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    initial_replicas: int | None = Field(None, ge=0)
-    target_ongoing_requests: float = Field(2.0, gt=0)
-    upscale_delay_s: float = Field(30.0, ge=0)
-    downscale_delay_s: float = Field(600.0, ge=0)
-    look_back_period_s: float = Field(30.0, gt=0)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    initial_replicas: int | None = Field(default=None, ge=0)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    downscale_delay_s: float = Field(default=600.0, ge=0)
+    look_back_period_s: float = Field(default=30.0, gt=0)
+    metrics_interval_s: float | None = Field(default=None, gt=0)
+    """How often handles and replicas push load metrics (Ray's default 10 s). Deprecated by Ray 2.60 in
+    favour of environment variables that it does not read yet, so it is still the knob for fast reaction."""
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> AutoscalingArgs:
         if self.max_replicas < self.min_replicas:
             raise ValueError("max_replicas must be >= min_replicas")
-        if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+        if (
+            self.initial_replicas is not None
+            and not self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
             raise ValueError("initial_replicas must lie in [min_replicas, max_replicas]")
+        if self.metrics_interval_s is not None and self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError("look_back_period_s must be greater than metrics_interval_s")
         return self
 
 
 class ScalingArgs(_Strict):
     """Placement and admission of one deployment: a fixed ``num_replicas`` or an ``autoscaling`` range."""
 
-    num_replicas: int | None = Field(None, ge=1)
+    num_replicas: int | None = Field(default=None, ge=1)
     autoscaling: AutoscalingArgs | None = None
-    num_cpus: float = Field(0.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-    max_ongoing_requests: int = Field(16, ge=1)
-    max_queued_requests: int = Field(64, ge=-1)
+    num_cpus: float = Field(default=0.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    max_ongoing_requests: int = Field(default=16, ge=1)
+    max_queued_requests: int = Field(default=64, ge=-1)
     """Requests a caller's handle may queue for this deployment before it is answered with 503; -1 = no
     limit."""
-    health_check_period_s: float = Field(10.0, gt=0)
-    health_check_timeout_s: float = Field(30.0, gt=0)
+    health_check_period_s: float = Field(default=10.0, gt=0)
+    health_check_timeout_s: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _one_scaling_mode(self) -> ScalingArgs:
@@ -103,16 +111,16 @@ class ModelDeploymentArgs(ScalingArgs):
 class IngressArgs(ScalingArgs):
     """The HTTP ingress: scaling plus upload limits and its own admission limit."""
 
-    num_cpus: float = Field(0.1, ge=0)
-    max_ongoing_requests: int = Field(64, ge=1)
-    max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, ge=1024)
+    num_cpus: float = Field(default=0.1, ge=0)
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1024)
     """Limit of one request body (all uploads together), enforced while the multipart stream is read."""
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     """Decoded pixel-count limit per image."""
-    max_inflight_swaps: int = Field(32, ge=1)
+    max_inflight_swaps: int = Field(default=32, ge=1)
     """Swaps one ingress replica runs at once; more are answered 503 at once (the ingress' own queue)."""
-    jpeg_quality: int = Field(92, ge=1, le=100)
-    readiness_timeout_s: float = Field(5.0, gt=0)
+    jpeg_quality: int = Field(default=92, ge=1, le=100)
+    readiness_timeout_s: float = Field(default=5.0, gt=0)
 
 
 class AppArgs(_Strict):
@@ -129,8 +137,8 @@ class AppArgs(_Strict):
     providers: list[Literal["cuda", "tensorrt", "cpu"]] | None = None
     """ONNX Runtime providers in preference order; None = CUDA when the replica's onnxruntime has it."""
     strict_providers: bool = False
-    intra_op_threads: int = Field(0, ge=0)
-    gpu_mem_limit_mb: int = Field(0, ge=0)
+    intra_op_threads: int = Field(default=0, ge=0)
+    gpu_mem_limit_mb: int = Field(default=0, ge=0)
     enhance: bool = True
     """Deploy the enhancer at all; without it ``enhance_output`` requests are answered 422."""
     ingress: IngressArgs = IngressArgs()
@@ -175,6 +183,6 @@ class AppArgs(_Strict):
             use_shared_assets=self.use_shared_assets,
             download=self.download,
             session=self.session_config(),
-            overrides=dict(self.overrides),
+            overrides={str(stage): value for stage, value in self.overrides.items()},
             enhance=self.enhance,
         )

@@ -1,0 +1,373 @@
+"""The Serve layer without a Ray cluster: strict builder args, the Serve configs, request parsing and
+content negotiation, the error mapping, the OpenAPI document, and the model deployments run in process
+(batching across concurrent calls, reconfigure, health checks)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+import yaml
+from ray.exceptions import RayTaskError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.schema import ServeDeploySchema
+from starlette.formparsers import MultiPartException
+
+from pipeline.engine import crops_for
+from pipeline.errors import (
+    InvalidInputError,
+    InvalidOptionError,
+    NoFaceError,
+    OverloadedError,
+    UnsupportedOptionError,
+)
+from pipeline.options import SwapOptions
+from pipeline.profiles import PipelineConfig, build_pipeline
+from pipeline.sessions import SessionConfig
+from serve_app.app import build_app
+from serve_app.config import AppArgs, ModelDeploymentArgs
+from serve_app.deployments import FaceDetector, FaceEnhancer, FaceSwapper
+from serve_app.errors import InternalError, error_response, to_service_error
+from serve_app.ingress import check_supported, negotiate, openapi_spec, options_from_fields
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- builder args -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        ({"profle": "lite"}, "profle"),
+        ({"ingress": {"max_upload": 10}}, "ingress.max_upload"),
+        ({"swapper": {"batch": {"size": 4}}}, "swapper.batch.size"),
+        ({"enhancer": {"autoscaling": {"max": 3}}}, "enhancer.autoscaling.max"),
+        ({"overrides": {"face": "x.onnx"}}, "overrides.face"),
+        ({"providers": ["rocm"]}, "providers.0"),
+        ({"detector": {"num_replicas": 2, "autoscaling": {"max_replicas": 3}}}, "detector"),
+        ({"swapper": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}}, "swapper.autoscaling"),
+        (
+            {"swapper": {"autoscaling": {"metrics_interval_s": 5, "look_back_period_s": 5}}},
+            "swapper.autoscaling",
+        ),
+        ({"swapper": {"num_gpus": 1.5}}, "swapper"),
+        ({"ingress": {"max_upload_bytes": "big"}}, "ingress.max_upload_bytes"),
+    ],
+)
+def test_build_app_rejects_unknown_keys_and_bad_values(args: dict[str, Any], where: str) -> None:
+    with pytest.raises(InvalidOptionError, match=rf"invalid application args: {where}\b"):
+        build_app(args)
+
+
+def test_deployments_carry_their_placement_scaling_and_batch_knobs() -> None:
+    args = AppArgs.parse(
+        {
+            "swapper": {
+                "num_gpus": 0.25,
+                "num_cpus": 0.5,
+                "max_ongoing_requests": 24,
+                "max_queued_requests": 5,
+                "autoscaling": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 3},
+                "batch": {"max_batch_size": 12, "batch_wait_timeout_s": 0.02},
+            },
+            "detector": {"num_replicas": 2},
+        }
+    )
+    swapper = FaceSwapper.options(**args.swapper.deployment_options())
+    assert swapper.ray_actor_options == {"num_cpus": 0.5, "num_gpus": 0.25}
+    assert swapper.max_ongoing_requests == 24 and swapper.max_queued_requests == 5
+    assert swapper.user_config == {"max_batch_size": 12, "batch_wait_timeout_s": 0.02}
+    autoscaling = swapper._deployment_config.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.target_ongoing_requests) == (
+        1,
+        4,
+        3,
+    )
+    assert FaceDetector.options(**args.detector.deployment_options()).num_replicas == 2
+    assert args.detector.batch == ModelDeploymentArgs().batch
+
+
+def test_pipeline_config_and_session_follow_the_args(tmp_path: Path) -> None:
+    args = AppArgs.parse(
+        {
+            "profile": "lite",
+            "models_dir": str(tmp_path),
+            "providers": ["cuda", "cpu"],
+            "intra_op_threads": 3,
+            "gpu_mem_limit_mb": 512,
+            "overrides": {"detector": "yunet_2026may"},
+            "enhance": False,
+        }
+    )
+    config = args.pipeline_config()
+    assert config.models_dir == tmp_path and config.profile == "lite" and config.enhance is False
+    assert config.session == SessionConfig(
+        providers=("cuda", "cpu"), intra_op_threads=3, gpu_mem_limit_mb=512
+    )
+    assert dict(config.overrides) == {"detector": "yunet_2026may"}
+    assert args.profile_label == "custom"
+    assert AppArgs.parse({"profile": "full"}).profile_label == "full"
+
+
+@pytest.mark.parametrize("name", ["serve.yaml", "serve.local.yaml"])
+def test_serve_configs_are_valid_and_fit_their_gpus(name: str) -> None:
+    config = yaml.safe_load((REPO / "configs" / name).read_text())
+    ServeDeploySchema.model_validate(config)  # Ray's own schema for `serve run` / `serve deploy`
+    (app,) = config["applications"]
+    assert app["import_path"] == "serve_app.app:build_app"
+    args = AppArgs.parse(app["args"])
+    build_app(app["args"])
+    assert args.ingress.num_gpus == 0
+    models = [args.detector, args.swapper, args.enhancer]
+    assert all(0 < m.num_gpus < 1 for m in models)  # fractional GPUs for every model deployment
+    if name == "serve.local.yaml":
+        # everything, at its maximum replica count, fits the one logical GPU of `ray start --num-gpus=1`
+        replicas = [m.autoscaling.max_replicas if m.autoscaling else (m.num_replicas or 1) for m in models]
+        assert sum(m.num_gpus * n for m, n in zip(models, replicas, strict=True)) <= 1.0
+    else:
+        # one of each model deployment fits a one-GPU worker node
+        assert sum(m.num_gpus for m in models) <= 1.0
+        assert args.providers == ["cuda", "cpu"] and args.profile == "full"
+
+
+# -- request parsing, negotiation, support checks ------------------------------------------------------
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, "application/json"),
+        ("*/*", "application/json"),
+        ("text/html", "application/json"),
+        ("image/jpeg", "image/jpeg"),
+        ("image/png", "image/png"),
+        ("image/*", "image/jpeg"),
+        ("image/png, */*;q=0.8", "image/png"),
+        ("application/json, image/png", "application/json"),
+        ("image/png;q=0.5, application/json;q=0.9", "application/json"),
+        ("image/jpeg;q=0", "application/json"),
+        ("image/jpeg;q=0.4, image/png;q=0.6", "image/png"),
+    ],
+)
+def test_accept_negotiation(accept: str | None, expected: str) -> None:
+    assert negotiate(accept) == expected
+
+
+def test_options_from_individual_fields_and_json() -> None:
+    fields = {"blend_ratio": "0.7", "face_selector_mode": "many", "enhance_output": "true"}
+    assert options_from_fields(fields) == SwapOptions(
+        blend_ratio=0.7, face_selector_mode="many", frame_processors=("face_swapper", "face_enhancer")
+    )
+    as_json = {
+        "options": json.dumps({"blend_ratio": 0.7, "face_mask_padding": [1, 2, 3, 4]}),
+        "detector_score": "0.3",
+    }
+    assert options_from_fields(as_json) == SwapOptions(
+        blend_ratio=0.7, face_mask_padding=(1, 2, 3, 4), detector_score=0.3
+    )
+    assert options_from_fields({"enhance_output": "0"}) == SwapOptions()
+    assert options_from_fields({}) == SwapOptions()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"blend_ratio": "1.5"}, "out of range"),
+        ({"colour": "red"}, "unknown option"),
+        ({"options": "[1, 2]"}, "expected a JSON object"),
+        ({"options": "{oops"}, "invalid JSON"),
+        ({"options": '{"blend_ratio": 0.5}', "blend_ratio": "0.4"}, "given both"),
+        ({"enhance_output": "maybe"}, "expected true or false"),
+        ({"frame_processors": "face_enhancer", "enhance_output": "false"}, "at least one processor"),
+    ],
+)
+def test_bad_fields_are_invalid_options(fields: dict[str, str], message: str) -> None:
+    with pytest.raises(InvalidOptionError, match=message):
+        options_from_fields(fields)
+
+
+COMPONENTS = {"profile": "custom", "detector": "d", "embedder": "e", "swapper": "s", "enhancer": "gfpgan_1.4"}
+
+
+@pytest.mark.parametrize(
+    ("options", "components", "source", "reference", "error"),
+    [
+        (SwapOptions(), COMPONENTS, False, False, InvalidInputError),
+        (
+            SwapOptions().with_enhance(True),
+            {**COMPONENTS, "enhancer": None},
+            True,
+            False,
+            UnsupportedOptionError,
+        ),
+        (SwapOptions(face_enhance_model="codeformer"), COMPONENTS, True, False, UnsupportedOptionError),
+        (
+            SwapOptions(face_selector_mode="reference"),
+            {**COMPONENTS, "embedder": None},
+            True,
+            True,
+            UnsupportedOptionError,
+        ),
+        (SwapOptions(face_selector_mode="reference"), COMPONENTS, True, False, InvalidOptionError),
+    ],
+)
+def test_unsupported_requests_fail_before_any_model_runs(
+    options: SwapOptions, components: dict, source: bool, reference: bool, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        check_supported(options, components, has_source=source, has_reference=reference)
+
+
+def test_supported_requests_pass() -> None:
+    check_supported(
+        SwapOptions(frame_processors=("face_enhancer",)), COMPONENTS, has_source=False, has_reference=False
+    )
+    check_supported(
+        SwapOptions(face_enhance_model="gfpgan_1.4", face_selector_mode="reference").with_enhance(True),
+        COMPONENTS,
+        has_source=True,
+        has_reference=True,
+    )
+
+
+# -- errors ------------------------------------------------------------------------------------------
+def test_errors_map_to_statuses_codes_and_retry_after() -> None:
+    wrapped = RayTaskError(function_name="swap", traceback_str="", cause=NoFaceError("no face found"))
+    error, retry = to_service_error(wrapped)
+    assert isinstance(error, NoFaceError) and retry is None
+    error, retry = to_service_error(
+        BackPressureError(num_queued_requests=3, max_queued_requests=3, retry_after_s=2.5)
+    )
+    assert isinstance(error, OverloadedError) and error.status == 503 and retry == 2.5
+    error, _ = to_service_error(MultiPartException("Missing boundary in multipart."))
+    assert isinstance(error, InvalidInputError) and "boundary" in error.message
+    error, _ = to_service_error(KeyError("secret internals"))
+    assert isinstance(error, InternalError) and error.status == 500 and "secret" not in error.message
+
+    response = error_response(BackPressureError(num_queued_requests=1, max_queued_requests=1), "rid-1")
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert json.loads(response.body) == {
+        "success": False,
+        "code": "overloaded",
+        "request_id": "rid-1",
+        "error": "the service is at capacity, retry later (Request dropped due to backpressure "
+        "(num_queued_requests=1, max_queued_requests=1).)",
+    }
+    response = error_response(NoFaceError("no face found in the target image"), "rid-2")
+    assert response.status_code == 422 and "retry-after" not in response.headers
+
+
+# -- OpenAPI -----------------------------------------------------------------------------------------
+def test_openapi_documents_every_option_with_its_default() -> None:
+    spec = openapi_spec("/prefix")
+    assert spec["openapi"] == "3.0.3" and spec["servers"] == [{"url": "/prefix"}]
+    form = spec["paths"]["/api/v1/swap"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    option_names = {f.name for f in dataclasses.fields(SwapOptions)}
+    assert set(form["properties"]) == option_names | {
+        "source_image",
+        "target_image",
+        "reference_image",
+        "enhance_output",
+        "options",
+    }
+    defaults = SwapOptions()
+    assert form["properties"]["blend_ratio"]["default"] == defaults.blend_ratio
+    assert form["properties"]["face_selector_mode"]["enum"] == ["one", "many", "reference"]
+    assert (
+        options_from_fields(
+            {
+                "frame_processors": form["properties"]["frame_processors"]["default"],
+                "face_mask_padding": form["properties"]["face_mask_padding"]["default"],
+            }
+        )
+        == defaults
+    )
+    responses = spec["paths"]["/api/v1/swap"]["post"]["responses"]
+    assert {"200", "400", "413", "415", "422", "503"} <= set(responses)
+    schemas = spec["components"]["schemas"]
+    success = {
+        "success": True,
+        "message": "swapped 1 face(s)",
+        "result_image": "data:image/jpeg;base64,AA==",
+        "request_id": "r",
+        "faces_swapped": 1,
+        "components": {"profile": "lite", "embedder": None},
+    }
+    jsonschema.validate(
+        success,
+        {
+            **schemas["SwapResponse"],
+            "properties": {**schemas["SwapResponse"]["properties"], "components": {"type": "object"}},
+        },
+    )
+    jsonschema.validate({**NoFaceError("x").to_dict(), "request_id": "r"}, schemas["Error"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"success": False, "error": "x"}, schemas["Error"])
+
+
+# -- the model deployments in process ---------------------------------------------------------------
+def _noise(height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 3)
+
+
+def test_deployments_in_process_health_reconfigure_and_components(test_models: dict[str, Path]) -> None:
+    """Batching itself needs a replica (Ray 2.60's @serve.batch reads the replica context); it is tested
+    through a real cluster in test_serve.py."""
+    overrides = {
+        "detector": str(test_models["scrfd"]),
+        "embedder": str(test_models["arcface"]),
+        "swapper": str(test_models["inswapper_tint"]),
+        "enhancer": str(test_models["gfpgan_sharpen"]),
+    }
+    args = AppArgs.parse({"use_shared_assets": False, "overrides": overrides, "providers": ["cpu"]})
+    detector = FaceDetector.func_or_class(args)
+    swapper = FaceSwapper.func_or_class(args)
+    enhancer = FaceEnhancer.func_or_class(args)
+    for deployment in (detector, swapper, enhancer):
+        deployment.check_health()  # runs each model once on a tiny input
+    merged = {**detector.components(), **swapper.components(), **enhancer.components()}
+    local = build_pipeline(PipelineConfig(use_shared_assets=False, overrides=overrides))
+    assert {"profile": "custom", **merged} == local.components
+    swapper.reconfigure({"max_batch_size": 4, "batch_wait_timeout_s": 0.2})
+    stats = swapper.stats()
+    assert (stats["max_batch_size"], stats["batch_wait_timeout_s"], stats["calls"]) == (4, 0.2, 0)
+    assert stats["replica"] is None and stats["model"] == "test_inswapper_tint"
+    with pytest.raises(ValueError, match="max_batch_sizes"):
+        swapper.reconfigure({"max_batch_sizes": 4})
+    with pytest.raises(ValueError, match="max_batch_size"):
+        enhancer.reconfigure({"max_batch_size": 0})
+
+
+def test_swapper_selects_and_rejects_in_process(test_models: dict[str, Path]) -> None:
+    overrides = {
+        "detector": str(test_models["scrfd"]),
+        "swapper": str(test_models["inswapper_identity"]),
+        "embedder": str(test_models["arcface"]),
+    }
+    swapper = FaceSwapper.func_or_class(
+        AppArgs.parse({"use_shared_assets": False, "overrides": overrides, "enhance": False})
+    )
+    image = _noise(360, 480, seed=3)
+    with pytest.raises(NoFaceError, match="source"):
+        swapper.encode_source(image, [])
+    with pytest.raises(NoFaceError, match="reference"):
+        swapper.reference_embedding(image, [])
+    local = build_pipeline(PipelineConfig(use_shared_assets=False, overrides=overrides, enhance=False))
+    faces = local.detect(image, SwapOptions())
+    reference = swapper.reference_embedding(image, faces)
+    assert reference.shape == (512,) and abs(float(np.linalg.norm(reference)) - 1) < 1e-5
+    crops, _ = crops_for(image, faces, "arcface_112_v2", 112)
+    assert reference == pytest.approx(local.embedder.embed_crops(crops)[0], abs=1e-5)
+    with pytest.raises(NoFaceError, match="target"):
+        asyncio.run(swapper.swap(image, [], None, SwapOptions()))
+    # enhance-only requests: the swapper only selects (largest face first), nothing is swapped
+    many = faces + [dataclasses.replace(faces[0], bbox=faces[0].bbox * 0.5)]
+    outcome = asyncio.run(swapper.swap(image, many, None, SwapOptions(frame_processors=("face_enhancer",))))
+    assert outcome.image is image and len(outcome.faces) == 1 and outcome.faces[0] is faces[0]
+    with pytest.raises(UnsupportedOptionError, match="enhance"):
+        FaceEnhancer.func_or_class(AppArgs.parse({"use_shared_assets": False, "enhance": False}))
