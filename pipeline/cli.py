@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from types import MappingProxyType
 
 from pipeline.catalogue import Catalogue, default_models_dir, resolve_model_file
 from pipeline.download import TextProgress, download_model
@@ -22,7 +23,7 @@ from pipeline.sessions import SessionConfig
 
 log = logging.getLogger("faceswap")
 
-_OUTPUT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+_OUTPUT_TYPES = MappingProxyType({".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"})
 
 
 def _exit_code(error: FaceSwapError) -> int:

@@ -6,6 +6,7 @@ Templates follow FaceFusion: normalised 5-point coordinates multiplied by the cr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import MappingProxyType
 
 import cv2
 import numpy as np
@@ -18,22 +19,24 @@ _ARCFACE_112 = np.array(
     dtype=np.float32,
 )
 
-TEMPLATES: dict[str, np.ndarray] = {
-    # insightface arcface_dst / 112
-    "arcface_112_v2": _ARCFACE_112 / 112.0,
-    # inswapper crop: (arcface_112 + [8, 0]) / 128
-    "arcface_128": (_ARCFACE_112 + np.array([8.0, 0.0], np.float32)) / 128.0,
-    "ffhq_512": np.array(
-        [
-            [0.37691676, 0.46864664],
-            [0.62285697, 0.46912813],
-            [0.50123859, 0.61331904],
-            [0.39308822, 0.72541100],
-            [0.61150205, 0.72490465],
-        ],
-        dtype=np.float32,
-    ),
-}
+TEMPLATES = MappingProxyType(
+    {
+        # insightface arcface_dst / 112
+        "arcface_112_v2": _read_only(_ARCFACE_112 / 112.0),
+        # inswapper crop: (arcface_112 + [8, 0]) / 128
+        "arcface_128": (_ARCFACE_112 + np.array([8.0, 0.0], np.float32)) / 128.0,
+        "ffhq_512": np.array(
+            [
+                [0.37691676, 0.46864664],
+                [0.62285697, 0.46912813],
+                [0.50123859, 0.61331904],
+                [0.39308822, 0.72541100],
+                [0.61150205, 0.72490465],
+            ],
+            dtype=np.float32,
+        ),
+    }
+)
 
 
 def template_points(template: str, size: int) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import onnxruntime as ort
 
@@ -12,11 +13,13 @@ from pipeline.errors import InvalidOptionError, ProviderError
 
 log = logging.getLogger(__name__)
 
-_PROVIDER_NAMES = {
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
+_PROVIDER_NAMES = MappingProxyType(
+    {
+        "cuda": "CUDAExecutionProvider",
+        "tensorrt": "TensorrtExecutionProvider",
+        "cpu": "CPUExecutionProvider",
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import numpy.typing as npt
@@ -17,7 +18,7 @@ from pipeline.types import CropsBGR, Face, ImageBGR
 
 EMAP_SHAPE = (512, 512)
 
-_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_FLOAT_TYPES = MappingProxyType({"tensor(float)": np.float32, "tensor(float16)": np.float16})
 
 
 def load_emap(model_path: Path | str) -> npt.NDArray[np.float32]:
