@@ -14,9 +14,16 @@ import numpy as np
 from pipeline.errors import InvalidOptionError
 from pipeline.types import Affine, ImageBGR, Landmarks5, Mask
 
-_ARCFACE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float32,
+
+def _read_only(points: object) -> np.ndarray:
+    """(5, 2) float32 normalised template, immutable."""
+    array = np.array(points, dtype=np.float32)
+    array.setflags(write=False)
+    return array
+
+
+_ARCFACE_112 = _read_only(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
 )
 
 TEMPLATES = MappingProxyType(
@@ -24,16 +31,15 @@ TEMPLATES = MappingProxyType(
         # insightface arcface_dst / 112
         "arcface_112_v2": _read_only(_ARCFACE_112 / 112.0),
         # inswapper crop: (arcface_112 + [8, 0]) / 128
-        "arcface_128": (_ARCFACE_112 + np.array([8.0, 0.0], np.float32)) / 128.0,
-        "ffhq_512": np.array(
+        "arcface_128": _read_only((_ARCFACE_112 + np.array([8.0, 0.0], np.float32)) / 128.0),
+        "ffhq_512": _read_only(
             [
                 [0.37691676, 0.46864664],
                 [0.62285697, 0.46912813],
                 [0.50123859, 0.61331904],
                 [0.39308822, 0.72541100],
                 [0.61150205, 0.72490465],
-            ],
-            dtype=np.float32,
+            ]
         ),
     }
 )
