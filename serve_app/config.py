@@ -10,7 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import InvalidOptionError
 from pipeline.profiles import PipelineConfig
@@ -20,6 +28,17 @@ DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 """Default limit of one swap request body (all uploads together), checked while it is read."""
 DEFAULT_MAX_PIXELS = 40_000_000
 """Default decoded pixel-count limit per image (decompression bombs)."""
+MIN_API_KEY_LENGTH = 16
+"""Shortest accepted API key (inline or in the keys file): printable ASCII without whitespace."""
+
+
+def check_api_key(key: str) -> str:
+    """``key`` when it is a usable API key; the ValueError never repeats the key."""
+    if len(key) < MIN_API_KEY_LENGTH:
+        raise ValueError(f"an API key must be at least {MIN_API_KEY_LENGTH} characters long")
+    if not all("!" <= ch <= "~" for ch in key):
+        raise ValueError("an API key must be printable ASCII without whitespace")
+    return key
 
 
 class _Strict(BaseModel):
@@ -123,6 +142,42 @@ class IngressArgs(ScalingArgs):
     readiness_timeout_s: float = Field(default=5.0, gt=0)
 
 
+class AuthArgs(_Strict):
+    """API keys on every ``/api/`` route: off when neither ``api_keys`` nor ``api_keys_file`` is set.
+
+    ``api_keys_file`` (read by each ingress replica when it starts) holds one key per line; blank lines and
+    ``#`` comments are skipped, and a key may be followed by a comment (``KEY  # team-a``). Keys given
+    inline end up in the Serve config that the dashboard shows: prefer the file (e.g. a mounted secret).
+    """
+
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    api_keys_file: str | None = None
+    rate_limit_per_minute: float | None = Field(default=None, gt=0)
+    """Sustained requests per minute allowed to each key (a token bucket per key and ingress replica);
+    None = no limit."""
+    rate_limit_burst: int = Field(default=10, ge=1)
+    """Requests a key may make at once after being idle (the bucket's size)."""
+
+    @field_validator("api_keys")
+    @classmethod
+    def _usable_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for key in keys:
+            check_api_key(key.get_secret_value())
+        if len({key.get_secret_value() for key in keys}) != len(keys):
+            raise ValueError("api_keys holds the same key twice")
+        return keys
+
+    @model_validator(mode="after")
+    def _limit_needs_keys(self) -> AuthArgs:
+        if self.rate_limit_per_minute is not None and not self.enabled:
+            raise ValueError("rate_limit_per_minute is per API key: set api_keys or api_keys_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys) or self.api_keys_file is not None
+
+
 class AppArgs(_Strict):
     """Arguments of ``build_app``: which models run (profile, directories, overrides, providers) and how
     each deployment is placed and scaled."""
@@ -141,6 +196,7 @@ class AppArgs(_Strict):
     gpu_mem_limit_mb: int = Field(default=0, ge=0)
     enhance: bool = True
     """Deploy the enhancer at all; without it ``enhance_output`` requests are answered 422."""
+    auth: AuthArgs = AuthArgs()
     ingress: IngressArgs = IngressArgs()
     detector: ModelDeploymentArgs = ModelDeploymentArgs()
     swapper: ModelDeploymentArgs = ModelDeploymentArgs(max_ongoing_requests=32)

@@ -3,7 +3,8 @@
 Each builds only its own models (``ModelFactory``), runs its model calls through ``@serve.batch`` so
 that work from concurrent requests shares one model call, takes its batch knobs from ``user_config``
 (``reconfigure``), runs the model on a tiny input in ``check_health`` and reports its batching in
-``stats()``. Sync methods run in Serve's threadpool; the batched model calls run in a worker thread so
+``stats()`` and, as Prometheus metrics (``serve_app.metrics.StageMetrics``), its model-call latency and
+batch sizes. Sync methods run in Serve's threadpool; the batched model calls run in a worker thread so
 the replica's event loop keeps collecting the next batch meanwhile.
 """
 
@@ -29,6 +30,7 @@ from pipeline.profiles import ModelFactory
 from pipeline.selection import largest_face, select_faces
 from pipeline.types import CropsBGR, Embedding, Face, ImageBGR
 from serve_app.config import AppArgs, BatchArgs
+from serve_app.metrics import StageMetrics, timed
 
 log = logging.getLogger("ray.serve")
 
@@ -102,6 +104,7 @@ class FaceDetector:
     def __init__(self, args: AppArgs) -> None:
         self._detector = ModelFactory(args.pipeline_config()).detector()
         self._stats = BatchStats()
+        self._metrics = StageMetrics("detect", self._detector.name)
         self._batch = BatchArgs()
         log.info("FaceDetector ready: %s", self._detector.name)
 
@@ -131,7 +134,13 @@ class FaceDetector:
     async def _detect_batch(self, jobs: list[tuple[ImageBGR, float | None]]) -> list[list[Face]]:
         """Detect in each (image, score threshold) of the batch, in one worker thread."""
         self._stats.record(len(jobs), len(jobs))
-        return await asyncio.to_thread(lambda: [self._detector.detect(image, score) for image, score in jobs])
+        self._metrics.record_batch(len(jobs), len(jobs))
+        results = await asyncio.to_thread(
+            lambda: [timed(self._detector.detect, image, score) for image, score in jobs]
+        )
+        for _, seconds in results:
+            self._metrics.record_latency(seconds)
+        return [faces for faces, _ in results]
 
 
 @serve.deployment(name="FaceSwapper")
@@ -147,6 +156,7 @@ class FaceSwapper:
         self._embedder: Embedder | None = factory.embedder()
         self._swapper = factory.swapper(self._embedder)
         self._stats = BatchStats()
+        self._metrics = StageMetrics("swap", self._swapper.name)
         self._batch = BatchArgs()
         probe_image, probe_face = _probe_face(self._swapper.template, self._swapper.crop_size)
         crops, _ = crops_for(probe_image, [probe_face], self._swapper.template, self._swapper.crop_size)
@@ -224,9 +234,11 @@ class FaceSwapper:
         """One ``swap_crops`` call over the (crops, identities) of every request in the batch."""
         sizes = [len(crops) for crops, _ in jobs]
         self._stats.record(len(jobs), sum(sizes))
+        self._metrics.record_batch(len(jobs), sum(sizes))
         crops = np.concatenate([c for c, _ in jobs])
         identities = np.concatenate([i for _, i in jobs])
-        out = await asyncio.to_thread(self._swapper.swap_crops, crops, identities)
+        out, seconds = await asyncio.to_thread(timed, self._swapper.swap_crops, crops, identities)
+        self._metrics.record_latency(seconds)
         return _split(out, sizes)
 
     def _embed(self, image: ImageBGR, faces: list[Face]) -> list[Face]:
@@ -264,6 +276,7 @@ class FaceEnhancer:
             raise UnsupportedOptionError("the FaceEnhancer deployment needs args.enhance = true")
         self._enhancer = enhancer
         self._stats = BatchStats()
+        self._metrics = StageMetrics("enhance", enhancer.name)
         self._batch = BatchArgs()
         log.info("FaceEnhancer ready: %s", enhancer.name)
 
@@ -310,5 +323,7 @@ class FaceEnhancer:
         """One ``enhance_crops`` call over the crops of every request in the batch."""
         sizes = [len(c) for c in crops]
         self._stats.record(len(crops), sum(sizes))
-        out = await asyncio.to_thread(self._enhancer.enhance_crops, np.concatenate(crops))
+        self._metrics.record_batch(len(crops), sum(sizes))
+        out, seconds = await asyncio.to_thread(timed, self._enhancer.enhance_crops, np.concatenate(crops))
+        self._metrics.record_latency(seconds)
         return _split(out, sizes)

@@ -3,7 +3,10 @@
 Typed pipeline errors keep their status and code; Ray's errors are unwrapped (a replica's exception
 arrives as ``RayTaskError(cause)``) and mapped: backpressure -> 503 ``overloaded`` with Retry-After,
 an unavailable deployment -> 503 ``unavailable``; anything else is a logged 500 that leaks nothing.
-Every error body is ``{"success": false, "error", "code", "request_id"}``.
+The API-key errors of the ingress: 401 ``unauthorized`` (with ``WWW-Authenticate: Bearer``), 403
+``forbidden``, 429 ``rate_limited`` (with Retry-After).
+Every error body is ``{"success": false, "error", "code", "request_id"}``; the response object is an
+:class:`ErrorResponse` that also carries the code, for the ingress' metrics and access log.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections.abc import Mapping
 from types import MappingProxyType
 
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
@@ -44,6 +48,31 @@ class InternalError(FaceSwapError):
     code = "internal_error"
 
 
+class UnauthorizedError(FaceSwapError):
+    """An ``/api/`` request without an API key (or with a malformed Authorization header)."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class ForbiddenError(FaceSwapError):
+    """An ``/api/`` request whose API key is not one of the configured keys."""
+
+    status = 403
+    code = "forbidden"
+
+
+class RateLimitedError(FaceSwapError):
+    """An API key went over its request rate; ``retry_after_s`` is when its next request is allowed."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class RouteError(FaceSwapError):
     """An HTTP routing error (unknown path, wrong method)."""
 
@@ -65,6 +94,8 @@ def _unwrap(exc: BaseException) -> BaseException:
 def to_service_error(exc: BaseException, request_id: str | None = None) -> tuple[FaceSwapError, float | None]:
     """The typed error a caller sees for ``exc`` and the Retry-After seconds to send with it (or None)."""
     cause = _unwrap(exc)
+    if isinstance(cause, RateLimitedError):
+        return cause, cause.retry_after_s
     if isinstance(cause, FaceSwapError):
         retry = DEFAULT_RETRY_AFTER_S if cause.status == 503 else None
         return cause, retry
@@ -85,25 +116,28 @@ def to_service_error(exc: BaseException, request_id: str | None = None) -> tuple
     return InternalError("internal error"), None
 
 
-def error_response(exc: BaseException, request_id: str) -> JSONResponse:
-    """The JSON error response for ``exc``."""
+class ErrorResponse(JSONResponse):
+    """A JSON error response that remembers the typed error it was made from."""
+
+    def __init__(self, error: FaceSwapError, request_id: str, headers: Mapping[str, str] | None) -> None:
+        super().__init__(
+            {**error.to_dict(), "request_id": request_id}, status_code=error.status, headers=headers
+        )
+        self.error = error
+
+
+def error_response(exc: BaseException, request_id: str) -> ErrorResponse:
+    """The JSON error response for ``exc`` (logged by the ingress' access log, with its code)."""
     error, retry_after = to_service_error(exc, request_id)
-    if error.status >= 500:
-        log.warning("request %s: %s %s", request_id, error.code, error.message)
-    else:
-        log.info("request %s: %s %s", request_id, error.code, error.message)
-    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
-    return JSONResponse(
-        {**error.to_dict(), "request_id": request_id}, status_code=error.status, headers=headers
-    )
+    headers: dict[str, str] = {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if isinstance(error, UnauthorizedError):
+        headers["WWW-Authenticate"] = 'Bearer realm="faceswap"'
+    return ErrorResponse(error, request_id, headers or None)
 
 
 def request_id_of(request: Request) -> str:
     """The request id the Serve proxy put in ``X-Request-ID`` (the client's, or one it generated; the
     proxy also returns it as the response's ``X-Request-ID``)."""
     return request.headers.get("x-request-id") or uuid.uuid4().hex
-
-
-async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
-    """Starlette handler: routing errors (404, 405) as JSON errors too."""
-    return error_response(exc, request_id_of(request))

@@ -12,6 +12,11 @@ Routes (relative to the application's route prefix):
 - ``GET /healthz`` (this replica is up), ``GET /readyz`` (every model deployment answers),
   ``GET /openapi.json`` and ``GET /`` (a page to try a swap from a browser).
 
+With ``auth`` configured (``serve_app.config.AuthArgs``) every ``/api/`` path needs an API key
+(``Authorization: Bearer <key>`` or ``X-API-Key``): 401 without one, 403 with a wrong one, 429 over the
+key's rate; the other routes stay open. Every HTTP request is counted in the ingress metrics
+(``serve_app.metrics``) and logged as one structured access record (``serve_app.logs``).
+
 Python callers use the same graph through a handle::
 
     handle = serve.get_app_handle("faceswap")
@@ -30,7 +35,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -60,20 +65,27 @@ from pipeline.errors import (
 from pipeline.imageio import decode_image, encode_image
 from pipeline.options import SwapOptions
 from pipeline.types import ImageBGR
+from serve_app.auth import API_KEY_HEADER, ApiKeyAuth
 from serve_app.config import AppArgs
 from serve_app.deployments import FacesOutcome
 from serve_app.errors import (
+    ErrorResponse,
     ServiceUnavailableError,
     error_response,
-    http_exception_handler,
     request_id_of,
     to_service_error,
 )
+from serve_app.logs import log_request
+from serve_app.metrics import IngressMetrics
 
 log = logging.getLogger("ray.serve")
 
 API_VERSION = "1.0.0"
+API_PREFIX = "/api/"
+"""Every path under it needs an API key when auth is configured."""
 SWAP_PATH = "/api/v1/swap"
+UNMATCHED_ROUTE = "unmatched"
+"""The route label of requests no route matched (404), in metrics and logs."""
 FILE_FIELDS = ("source_image", "target_image", "reference_image")
 JSON_TYPE, JPEG_TYPE, PNG_TYPE = "application/json", "image/jpeg", "image/png"
 _MAX_TEXT_FIELD_BYTES = 64 * 1024
@@ -304,8 +316,9 @@ def _option_schemas() -> dict[str, dict[str, Any]]:
     return schemas
 
 
-def openapi_spec(server_url: str = "/") -> dict[str, Any]:
-    """OpenAPI 3.0 description of the ingress routes."""
+def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool = False) -> dict[str, Any]:
+    """OpenAPI 3.0 description of the ingress routes; with ``auth`` the ``/api/`` operations require an API
+    key (bearer or ``X-API-Key``) and document 401 and 403, with ``rate_limit`` also 429."""
     image = {
         "type": "string",
         "format": "binary",
@@ -336,6 +349,32 @@ def openapi_spec(server_url: str = "/") -> dict[str, Any]:
         "422": {"description": "No face found, or an option the deployed models cannot honour.", **error},
         "503": {"description": "Overloaded or a model deployment unavailable; see Retry-After.", **error},
     }
+    security: dict[str, Any] = {}
+    security_schemes: dict[str, Any] = {}
+    if auth:
+        errors["401"] = {
+            "description": "No API key; the response carries WWW-Authenticate: Bearer.",
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+            **error,
+        }
+        errors["403"] = {"description": "The API key is not valid.", **error}
+        if rate_limit:
+            errors["429"] = {
+                "description": "The API key is over its request rate; see Retry-After (seconds).",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                **error,
+            }
+        security = {"security": [{"bearerAuth": []}, {"apiKeyHeader": []}]}
+        security_schemes = {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Authorization: Bearer <key>",
+                },
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
+            }
+        }
     status = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
     return {
         "openapi": "3.0.3",
@@ -350,6 +389,7 @@ def openapi_spec(server_url: str = "/") -> dict[str, Any]:
                 "post": {
                     "operationId": "swap",
                     "summary": "Swap the source face onto the target image's faces.",
+                    **security,
                     "parameters": [
                         {
                             "name": "X-Request-ID",
@@ -427,6 +467,7 @@ def openapi_spec(server_url: str = "/") -> dict[str, Any]:
             },
         },
         "components": {
+            **security_schemes,
             "schemas": {
                 "SwapResponse": {
                     "type": "object",
@@ -460,9 +501,18 @@ def openapi_spec(server_url: str = "/") -> dict[str, Any]:
                         "request_id": {"type": "string"},
                     },
                 },
-            }
+            },
         },
     }
+
+
+def _route_path(request: Request) -> str:
+    """The request's path below the application's route prefix (``root_path``)."""
+    path: str = request.scope["path"]
+    root: str = request.scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root) :] or "/"
+    return path
 
 
 def _page() -> str:
@@ -490,16 +540,21 @@ class SwapIngress:
         self._inflight = 0
         self._components: dict[str, str | None] | None = None
         self._page = _page()
+        self._auth = ApiKeyAuth.from_args(args.auth)
+        self._metrics = IngressMetrics()
 
     def __serve_build_asgi_app__(self) -> Starlette:
-        routes = [
-            Route(SWAP_PATH, self._http_swap, methods=["POST"]),
-            Route("/healthz", self._healthz, methods=["GET"]),
-            Route("/readyz", self._readyz, methods=["GET"]),
-            Route("/openapi.json", self._openapi, methods=["GET"]),
-            Route("/", self._index, methods=["GET"]),
+        handlers: list[tuple[str, str, Callable[[Request], Awaitable[Response]]]] = [
+            (SWAP_PATH, "POST", self._http_swap),
+            ("/healthz", "GET", self._healthz),
+            ("/readyz", "GET", self._readyz),
+            ("/openapi.json", "GET", self._openapi),
+            ("/", "GET", self._index),
         ]
-        return Starlette(routes=routes, exception_handlers={HTTPException: http_exception_handler})
+        routes = [
+            Route(path, self._endpoint(path, handler), methods=[method]) for path, method, handler in handlers
+        ]
+        return Starlette(routes=routes, exception_handlers={HTTPException: self._route_error})
 
     # -- Python handle API ----------------------------------------------------------------------------
     async def swap_images(
@@ -585,12 +640,63 @@ class SwapIngress:
             assert self._enhancer is not None  # check_supported guarantees it
             outcome = self._enhancer.enhance.remote(outcome, options)
         result: FacesOutcome = await outcome
+        self._metrics.record_faces(len(result.faces))
         return SwapResult(image=result.image, faces_swapped=len(result.faces), components=components)
+
+    # -- every HTTP request: API key, metrics, access log ---------------------------------------------
+    def _endpoint(
+        self, route: str, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            return await self._observed(request, route, lambda: handler(request))
+
+        return endpoint
+
+    async def _route_error(self, request: Request, exc: Exception) -> Response:
+        """Starlette's routing errors (404, 405) go through the same checks, metrics and log."""
+
+        async def fail() -> Response:
+            raise exc
+
+        matched = isinstance(exc, HTTPException) and exc.status_code == 405  # a route's path, another method
+        return await self._observed(request, _route_path(request) if matched else UNMATCHED_ROUTE, fail)
+
+    async def _observed(
+        self, request: Request, route: str, respond: Callable[[], Awaitable[Response]]
+    ) -> Response:
+        """``respond()`` behind the API-key check of ``/api/`` paths; errors become JSON error responses.
+        Counts the request (and its error code) and writes its access record."""
+        started = time.perf_counter()
+        request_id = request_id_of(request)
+        key_id = None
+        try:
+            if self._auth is not None and _route_path(request).startswith(API_PREFIX):
+                key_id = self._auth.authenticate(request.headers)
+            response = await respond()
+        except Exception as exc:
+            response = error_response(exc, request_id)
+        error = response.error if isinstance(response, ErrorResponse) else None
+        self._metrics.record_request(
+            route, request.method, response.status_code, error.code if error else None
+        )
+        faces = response.headers.get("x-faces-swapped")
+        log_request(
+            log,
+            method=request.method,
+            route=route,
+            status=response.status_code,
+            latency_ms=1000 * (time.perf_counter() - started),
+            request_id=request_id,
+            code=error.code if error else None,
+            error=error.message if error else None,
+            api_key_id=key_id,
+            faces=int(faces) if faces else None,
+        )
+        return response
 
     # -- HTTP routes ----------------------------------------------------------------------------------
     async def _http_swap(self, request: Request) -> Response:
         request_id = request_id_of(request)
-        started = time.perf_counter()
         media_type = negotiate(request.headers.get("accept"))
         try:
             with self._admit():
@@ -608,18 +714,9 @@ class SwapIngress:
                 )
         except Exception as exc:
             return error_response(exc, request_id)
-        log.info(
-            "request %s: swapped %d face(s) in %.0f ms, %s, %s",
-            request_id,
-            result.faces_swapped,
-            1000 * (time.perf_counter() - started),
-            media_type,
-            result.components,
-        )
+        headers = {"X-Faces-Swapped": str(result.faces_swapped)}
         if media_type != JSON_TYPE:
-            return Response(
-                body, media_type=media_type, headers={"X-Faces-Swapped": str(result.faces_swapped)}
-            )
+            return Response(body, media_type=media_type, headers=headers)
         return JSONResponse(
             {
                 "success": True,
@@ -628,7 +725,8 @@ class SwapIngress:
                 "request_id": request_id,
                 "faces_swapped": result.faces_swapped,
                 "components": result.components,
-            }
+            },
+            headers=headers,
         )
 
     def _decode_all(self, files: Mapping[str, bytes]) -> dict[str, ImageBGR]:
@@ -653,7 +751,12 @@ class SwapIngress:
         return JSONResponse({"status": "ready", "components": components})
 
     async def _openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_spec(request.scope.get("root_path") or "/"))
+        spec = openapi_spec(
+            request.scope.get("root_path") or "/",
+            auth=self._auth is not None,
+            rate_limit=self._auth is not None and self._auth.rate_limited,
+        )
+        return JSONResponse(spec)
 
     async def _index(self, request: Request) -> Response:
         return HTMLResponse(self._page)

@@ -1,0 +1,138 @@
+"""The service's own Prometheus metrics, next to Ray Serve's built-in ``ray_serve_*`` ones.
+
+They are ``ray.serve.metrics`` objects, so Serve adds the ``deployment``, ``replica`` and ``application``
+tags and Ray exports them, prefixed with ``ray_``, from every node's metrics agent (the port set by
+``ray start --metrics-export-port`` / ``ray.init(_metrics_export_port=...)``; KubeRay pods expose it as
+``metrics``, port 8080). Each replica creates its own objects in ``__init__``:
+
+- ``ray_faceswap_stage_latency_seconds`` (histogram; ``stage`` detect / swap / enhance, ``model``): one
+  model call (detect: one image; swap, enhance: one batched call).
+- ``ray_faceswap_batch_size`` (histogram; ``stage``, ``model``): requests served by one batched call.
+- ``ray_faceswap_batch_items`` (histogram; ``stage``, ``model``): images or face crops in one call.
+- ``ray_faceswap_faces_per_request`` (histogram): faces swapped (or enhanced) per successful swap.
+- ``ray_faceswap_requests_total`` (counter; ``route``, ``method``, ``status``): ingress HTTP requests.
+- ``ray_faceswap_errors_total`` (counter; ``code``, ``route``): error responses by error code.
+- ``ray_faceswap_jobs`` (gauge; ``state``): jobs in each state, set through :class:`JobMetrics`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, TypeVar
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+Stage = Literal["detect", "swap", "enhance"]
+T = TypeVar("T")
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+ITEM_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+FACE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
+JOB_STATES = ("queued", "running", "completed", "failed", "cancelled")
+"""States :class:`JobMetrics` always reports (0 when absent); other states are reported as they appear."""
+
+
+def _tag_keys(*keys: str) -> Any:
+    """``keys`` as the tuple Ray wants (its annotation, ``Tuple[str]``, would admit only one key)."""
+    return keys
+
+
+def timed(function: Callable[..., T], *args: object) -> tuple[T, float]:
+    """``function(*args)`` and the seconds it took (to run in a worker thread and record on the loop)."""
+    started = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - started
+
+
+def _stage_histogram(
+    name: str, description: str, buckets: Iterable[float], stage: Stage, model: str
+) -> Histogram:
+    """A histogram tagged with one stage and model (and, by Serve, the replica's deployment and app)."""
+    histogram = Histogram(
+        name,
+        description=description,
+        boundaries=[float(b) for b in buckets],
+        tag_keys=_tag_keys("stage", "model"),
+    )
+    # a fresh dict each time: Serve adds its own tags to the dict it is given
+    histogram.set_default_tags({"stage": stage, "model": model})
+    return histogram
+
+
+class StageMetrics:
+    """Model-call latency and batch sizes of one model deployment replica."""
+
+    def __init__(self, stage: Stage, model: str) -> None:
+        self._latency = _stage_histogram(
+            "faceswap_stage_latency_seconds",
+            "Seconds of one model call (detect: one image; swap, enhance: one batch).",
+            LATENCY_BUCKETS_S,
+            stage,
+            model,
+        )
+        self._batch_size = _stage_histogram(
+            "faceswap_batch_size", "Requests served by one batched model call.", BATCH_BUCKETS, stage, model
+        )
+        self._batch_items = _stage_histogram(
+            "faceswap_batch_items",
+            "Images or face crops in one batched model call.",
+            ITEM_BUCKETS,
+            stage,
+            model,
+        )
+
+    def record_batch(self, requests: int, items: int) -> None:
+        self._batch_size.observe(requests)
+        self._batch_items.observe(items)
+
+    def record_latency(self, seconds: float) -> None:
+        self._latency.observe(seconds)
+
+
+class IngressMetrics:
+    """Requests, errors and faces per request of one ingress replica."""
+
+    def __init__(self) -> None:
+        self._requests = Counter(
+            "faceswap_requests",
+            description="HTTP requests answered by the ingress, by route, method and status.",
+            tag_keys=_tag_keys("route", "method", "status"),
+        )
+        self._errors = Counter(
+            "faceswap_errors",
+            description="Error responses of the ingress, by error code.",
+            tag_keys=_tag_keys("code", "route"),
+        )
+        self._faces = Histogram(
+            "faceswap_faces_per_request",
+            description="Faces swapped (or enhanced) per successful swap request.",
+            boundaries=[float(b) for b in FACE_BUCKETS],
+        )
+
+    def record_request(self, route: str, method: str, status: int, error_code: str | None) -> None:
+        self._requests.inc(tags={"route": route, "method": method, "status": str(status)})
+        if error_code is not None:
+            self._errors.inc(tags={"code": error_code, "route": route})
+
+    def record_faces(self, faces: int) -> None:
+        self._faces.observe(faces)
+
+
+class JobMetrics:
+    """The ``faceswap_jobs`` gauge: how many jobs are in each state, as last reported by this replica."""
+
+    def __init__(self, states: Iterable[str] = JOB_STATES) -> None:
+        self._gauge = Gauge(
+            "faceswap_jobs",
+            description="Jobs in each state.",
+            tag_keys=_tag_keys("state"),
+        )
+        self._states = dict.fromkeys(states, 0)
+
+    def record_job_state_counts(self, counts: Mapping[str, int]) -> None:
+        """Set the gauge to ``counts``; a state reported before (or in JOB_STATES) and absent now reads 0."""
+        self._states = {**dict.fromkeys(self._states, 0), **counts}
+        for state, count in self._states.items():
+            self._gauge.set(count, tags={"state": state})
