@@ -23,11 +23,14 @@ from pydantic import (
 from pipeline.errors import InvalidOptionError
 from pipeline.profiles import PipelineConfig
 from pipeline.sessions import SessionConfig
+from pipeline.video import X264_PRESETS
 
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 """Default limit of one swap request body (all uploads together), checked while it is read."""
 DEFAULT_MAX_PIXELS = 40_000_000
 """Default decoded pixel-count limit per image (decompression bombs)."""
+DEFAULT_JOB_STORE = "/tmp/faceswap-jobs"
+"""Default video job store: a local directory, for one node (a cluster needs ``s3://`` or a shared path)."""
 MIN_API_KEY_LENGTH = 16
 """Shortest accepted API key (inline or in the keys file): printable ASCII without whitespace."""
 
@@ -178,6 +181,54 @@ class AuthArgs(_Strict):
         return bool(self.api_keys) or self.api_keys_file is not None
 
 
+class JobsArgs(_Strict):
+    """Video jobs (``POST /api/v1/jobs``, see ``serve_app.jobs``): where their records and files live,
+    upload limits, how runners are watched, and the Ray Data batch job each one runs."""
+
+    store_uri: str = DEFAULT_JOB_STORE
+    """Local directory or ``pyarrow.fs`` URI (``s3://bucket/prefix``) of the job store. Every ingress
+    replica must see the same store: a local directory only works on one node (or a shared mount)."""
+    max_upload_bytes: int = Field(default=500 * 1024 * 1024, ge=1024)
+    """Limit of one job request body (video and images), enforced while the body streams in. Each image
+    is also held to ``ingress.max_upload_bytes`` and ``ingress.max_pixels``."""
+    max_duration_s: float = Field(default=600.0, gt=0)
+    """Longest target video accepted, by its container's duration."""
+    max_attempts: int = Field(default=2, ge=1)
+    """Runner starts per job: a job whose runner is lost is started again until this many, then failed."""
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    """How often a runner writes its heartbeat into the job record."""
+    heartbeat_timeout_s: float = Field(default=60.0, gt=0)
+    """A running job whose heartbeat is older than this has lost its runner."""
+    reconcile_interval_s: float = Field(default=15.0, gt=0)
+    """How often each ingress replica checks the unfinished jobs (and once when it starts)."""
+    progress_interval_s: float = Field(default=1.0, ge=0)
+    """Least time between two progress writes of a runner."""
+    max_runtime_s: float = Field(default=3600.0, gt=0)
+    """A job running longer than this is stopped and failed."""
+    batch_size: int = Field(default=8, ge=1, le=256)
+    """Frames per model batch of the Ray Data job."""
+    num_actors: int = Field(default=1, ge=1)
+    """Swap actors per job (``ActorPoolStrategy(size=...)``)."""
+    num_gpus: float = Field(default=0.0, ge=0)
+    """GPUs per swap actor, fractional allowed; with GPUs the swap actors take no CPU."""
+    cpus_per_actor: float = Field(default=1.0, gt=0)
+    """CPUs per swap actor when ``num_gpus`` is 0."""
+    crf: int = Field(default=18, ge=0, le=51)
+    """H.264 quality of the output video (lower is better)."""
+    preset: str = "medium"
+    """x264 preset of the output video."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobsArgs:
+        if self.preset not in X264_PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(X264_PRESETS)}")
+        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
+            raise ValueError("num_gpus above 1 must be a whole number")
+        if 2 * self.heartbeat_interval_s > self.heartbeat_timeout_s:
+            raise ValueError("heartbeat_timeout_s must be at least twice heartbeat_interval_s")
+        return self
+
+
 class AppArgs(_Strict):
     """Arguments of ``build_app``: which models run (profile, directories, overrides, providers) and how
     each deployment is placed and scaled."""
@@ -198,6 +249,7 @@ class AppArgs(_Strict):
     """Deploy the enhancer at all; without it ``enhance_output`` requests are answered 422."""
     auth: AuthArgs = AuthArgs()
     ingress: IngressArgs = IngressArgs()
+    jobs: JobsArgs = JobsArgs()
     detector: ModelDeploymentArgs = ModelDeploymentArgs()
     swapper: ModelDeploymentArgs = ModelDeploymentArgs(max_ongoing_requests=32)
     enhancer: ModelDeploymentArgs = ModelDeploymentArgs()

@@ -9,6 +9,10 @@ Routes (relative to the application's route prefix):
   "faces_swapped", "components"}``, or the image bytes when ``Accept`` asks for ``image/jpeg`` or
   ``image/png``. Errors: ``{"success": false, "error", "code", "request_id"}`` with 400, 413, 415, 422,
   503 (see ``serve_app.errors``).
+- ``POST /api/v1/jobs`` (a video job: ``source_image``, ``target_video``, the same options; 202 with a
+  ``task_id``), ``GET /api/v1/tasks/{task_id}`` (status, progress) and ``GET /api/v1/tasks/{task_id}/result``
+  (the video, streamed): durable jobs run by the Ray Data batch job on the cluster (``serve_app.jobs``);
+  this ingress also runs their reconciler.
 - ``GET /healthz`` (this replica is up), ``GET /readyz`` (every model deployment answers),
   ``GET /openapi.json`` and ``GET /`` (a page to try a swap from a browser).
 
@@ -35,7 +39,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -46,9 +50,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -59,7 +61,6 @@ from pipeline.errors import (
     InvalidOptionError,
     OverloadedError,
     PayloadTooLargeError,
-    UnsupportedMediaError,
     UnsupportedOptionError,
 )
 from pipeline.imageio import decode_image, encode_image
@@ -75,6 +76,10 @@ from serve_app.errors import (
     request_id_of,
     to_service_error,
 )
+from serve_app.forms import read_multipart
+from serve_app.jobs import OPENAPI_SCHEMAS as JOB_SCHEMAS
+from serve_app.jobs import JobService
+from serve_app.jobs import openapi_paths as job_paths
 from serve_app.logs import log_request
 from serve_app.metrics import IngressMetrics
 
@@ -88,8 +93,6 @@ UNMATCHED_ROUTE = "unmatched"
 """The route label of requests no route matched (404), in metrics and logs."""
 FILE_FIELDS = ("source_image", "target_image", "reference_image")
 JSON_TYPE, JPEG_TYPE, PNG_TYPE = "application/json", "image/jpeg", "image/png"
-_MAX_TEXT_FIELD_BYTES = 64 * 1024
-_MAX_TEXT_FIELDS = 32
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -101,16 +104,6 @@ class SwapForm:
 
     files: Mapping[str, bytes]
     options: SwapOptions
-
-
-async def _limited(stream: AsyncGenerator[bytes, None], max_bytes: int) -> AsyncGenerator[bytes, None]:
-    """Pass the body through, raising PayloadTooLargeError as soon as it exceeds ``max_bytes``."""
-    total = 0
-    async for chunk in stream:
-        total += len(chunk)
-        if total > max_bytes:
-            raise PayloadTooLargeError(f"request body is over the limit of {max_bytes} bytes")
-        yield chunk
 
 
 def parse_bool(name: str, raw: str) -> bool:
@@ -147,41 +140,11 @@ def options_from_fields(texts: Mapping[str, str]) -> SwapOptions:
 
 async def read_swap_form(request: Request, max_bytes: int) -> SwapForm:
     """Read and check a multipart swap request, enforcing ``max_bytes`` while the body streams in."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        raise UnsupportedMediaError(
-            f"expected a multipart/form-data body with {FILE_FIELDS[0]} and {FILE_FIELDS[1]}, "
-            f"got {content_type or 'no content type'!r}"
-        )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLargeError(f"request body of {declared} bytes is over the limit of {max_bytes} bytes")
-    parser = MultiPartParser(
-        request.headers,
-        _limited(request.stream(), max_bytes),
-        max_files=len(FILE_FIELDS),
-        max_fields=_MAX_TEXT_FIELDS,
-        max_part_size=_MAX_TEXT_FIELD_BYTES,
-    )
-    form = await parser.parse()
-    files: dict[str, bytes] = {}
-    texts: dict[str, str] = {}
-    try:
-        for key, value in form.multi_items():
-            if key in files or key in texts:
-                raise InvalidInputError(f"{key}: given more than once")
-            if isinstance(value, UploadFile):
-                if key not in FILE_FIELDS:
-                    raise InvalidInputError(
-                        f"{key}: unexpected file; the file fields are {list(FILE_FIELDS)}"
-                    )
-                files[key] = await value.read()
-            elif key in FILE_FIELDS:
-                raise InvalidInputError(f"{key}: must be a file upload")
-            else:
-                texts[key] = value
-    finally:
-        await form.close()
+    async with read_multipart(
+        request, max_bytes, FILE_FIELDS, f"{FILE_FIELDS[0]} and {FILE_FIELDS[1]}"
+    ) as form:
+        files = {key: await upload.read() for key, upload in form.files.items()}
+        texts = dict(form.texts)
     return SwapForm(files=files, options=options_from_fields(texts))
 
 
@@ -424,6 +387,7 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
                     },
                 }
             },
+            **job_paths(_option_schemas(), errors, security),
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
@@ -491,6 +455,7 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
                         },
                     },
                 },
+                **JOB_SCHEMAS,
                 "Error": {
                     "type": "object",
                     "required": ["success", "error", "code", "request_id"],
@@ -542,6 +507,7 @@ class SwapIngress:
         self._page = _page()
         self._auth = ApiKeyAuth.from_args(args.auth)
         self._metrics = IngressMetrics()
+        self._jobs = JobService(args, self._job_options)
 
     def __serve_build_asgi_app__(self) -> Starlette:
         handlers: list[tuple[str, str, Callable[[Request], Awaitable[Response]]]] = [
@@ -550,11 +516,16 @@ class SwapIngress:
             ("/readyz", "GET", self._readyz),
             ("/openapi.json", "GET", self._openapi),
             ("/", "GET", self._index),
+            *self._jobs.handlers(),
         ]
         routes = [
             Route(path, self._endpoint(path, handler), methods=[method]) for path, method, handler in handlers
         ]
-        return Starlette(routes=routes, exception_handlers={HTTPException: self._route_error})
+        return Starlette(
+            routes=routes,
+            exception_handlers={HTTPException: self._route_error},
+            lifespan=lambda _app: self._jobs.reconciling(),
+        )
 
     # -- Python handle API ----------------------------------------------------------------------------
     async def swap_images(
@@ -728,6 +699,12 @@ class SwapIngress:
             },
             headers=headers,
         )
+
+    async def _job_options(self, texts: Mapping[str, str], has_reference: bool) -> SwapOptions:
+        """A video job's options, parsed and checked against the deployed models like a swap's."""
+        options = options_from_fields(texts)
+        check_supported(options, await self.components(), has_source=True, has_reference=has_reference)
+        return options
 
     def _decode_all(self, files: Mapping[str, bytes]) -> dict[str, ImageBGR]:
         if "target_image" not in files:

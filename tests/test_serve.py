@@ -358,13 +358,16 @@ def test_health_readiness_openapi_and_page(tm: str, http: httpx.Client, local_pi
     routes = {(path, method) for path, ops in spec["paths"].items() for method in ops}
     assert routes == {
         ("/api/v1/swap", "post"),
+        ("/api/v1/jobs", "post"),
+        ("/api/v1/tasks/{task_id}", "get"),
+        ("/api/v1/tasks/{task_id}/result", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/openapi.json", "get"),
         ("/", "get"),
     }
     for path, method in routes:  # every documented route answers with its documented method
-        if method == "get":
+        if method == "get" and "{" not in path:
             assert http.get(f"{tm}{path}").status_code == 200, path
     page = http.get(f"{tm}/")
     assert page.headers["content-type"].startswith("text/html")
