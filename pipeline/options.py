@@ -134,8 +134,8 @@ def _as_list(name: str, raw: object) -> list[object]:
         if text.startswith("["):
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError:
-                raise InvalidOptionError(f"{name}: invalid JSON list {raw!r}") from None
+            except (json.JSONDecodeError, RecursionError):
+                raise InvalidOptionError(f"{name}: invalid JSON list {text[:40]!r}") from None
             if not isinstance(value, list):
                 raise InvalidOptionError(f"{name}: expected a list, got {raw!r}")
             return value

@@ -60,10 +60,9 @@ from pipeline.errors import (
     InvalidInputError,
     InvalidOptionError,
     OverloadedError,
-    PayloadTooLargeError,
     UnsupportedOptionError,
 )
-from pipeline.imageio import decode_image, encode_image
+from pipeline.imageio import check_dimensions, decode_image, encode_image
 from pipeline.options import SwapOptions
 from pipeline.types import ImageBGR
 from serve_app.auth import API_KEY_HEADER, ApiKeyAuth
@@ -125,6 +124,8 @@ def options_from_fields(texts: Mapping[str, str]) -> SwapOptions:
             parsed = json.loads(raw_json)
         except json.JSONDecodeError as exc:
             raise InvalidOptionError(f"options: invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise InvalidOptionError("options: JSON nested too deeply") from None
         if not isinstance(parsed, dict):
             raise InvalidOptionError("options: expected a JSON object")
         mapping.update(parsed)
@@ -210,10 +211,7 @@ def check_array(name: str, image: object, max_pixels: int) -> ImageBGR:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         described = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise InvalidInputError(f"{name}: expected an (H, W, 3) uint8 BGR array, got {described}")
-    if image.shape[0] * image.shape[1] > max_pixels:
-        raise PayloadTooLargeError(
-            f"{name}: {image.shape[1]}x{image.shape[0]} pixels is over the limit of {max_pixels}"
-        )
+    check_dimensions(image.shape[1], image.shape[0], field=name, max_pixels=max_pixels)
     return image
 
 

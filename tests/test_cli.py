@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 
 from pipeline.options import SwapOptions
-from pipeline.provenance import read_label
 from pipeline.profiles import PipelineConfig, build_pipeline
+from pipeline.provenance import read_label
 
 
 def _faceswap(*args: str) -> subprocess.CompletedProcess[str]:

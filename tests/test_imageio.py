@@ -57,3 +57,25 @@ def test_bad_inputs_map_to_status_codes():
     big_jpeg = encode_image(np.zeros((300, 400, 3), np.uint8))
     with pytest.raises(PayloadTooLargeError):
         decode_image(big_jpeg, max_pixels=100 * 100)
+
+
+def test_header_sizes_are_read_without_decoding():
+    from pipeline.imageio import declared_size
+
+    image = np.zeros((30, 50, 3), np.uint8)
+    jpg = encode_image(image)
+    assert declared_size(jpg, "image/jpeg") == (50, 30)
+    filled = jpg[:2] + b"\xff" + jpg[2:]  # a fill byte before the first marker is legal JPEG
+    assert declared_size(filled, "image/jpeg") == (50, 30)
+    lossy = cv2.imencode(".webp", image, [cv2.IMWRITE_WEBP_QUALITY, 80])[1].tobytes()
+    lossless = cv2.imencode(".webp", image, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()
+    assert lossy[12:16] == b"VP8 " and lossless[12:16] == b"VP8L"
+    assert declared_size(lossy, "image/webp") == (50, 30)
+    assert declared_size(lossless, "image/webp") == (50, 30)
+
+
+def test_long_sides_and_headers_without_a_size_are_refused():
+    with pytest.raises(PayloadTooLargeError, match="side"):
+        decode_image(_png_header(2, 40000) + b"\x00" * 64)
+    with pytest.raises(InvalidInputError, match="no size"):
+        decode_image(b"\xff\xd8\xff\xe0" + b"\x00" * 32)

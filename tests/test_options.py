@@ -62,3 +62,8 @@ def test_select_one_many_reference():
     assert cosine_distance(ref, np.array([0, 1], np.float32)) == pytest.approx(1.0)
     with pytest.raises(InvalidOptionError):
         select_faces(faces, "reference", None)
+
+
+def test_deeply_nested_json_is_a_typed_error():
+    with pytest.raises(InvalidOptionError):
+        SwapOptions.from_mapping({"frame_processors": "[" * 30000 + "]" * 30000})
