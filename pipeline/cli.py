@@ -18,7 +18,7 @@ from pipeline.errors import FaceSwapError, InvalidInputError, ModelNotFoundError
 from pipeline.imageio import encode_image, read_image_file
 from pipeline.options import SwapOptions
 from pipeline.profiles import PROFILES, PipelineConfig, build_pipeline
-from pipeline.provenance import ProvenanceLabel, label_image
+from pipeline.provenance import label_output
 from pipeline.sessions import SessionConfig
 
 log = logging.getLogger("faceswap")
@@ -45,8 +45,24 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     )
 
 
-def _cmd_swap(args: argparse.Namespace) -> int:
-    options = SwapOptions.from_mapping(
+def add_swap_arguments(parser: argparse.ArgumentParser) -> None:
+    """The swap options and model choice, shared by ``faceswap swap`` and the batch job's command."""
+    parser.add_argument("--enhance", action="store_true", help="run the face enhancer after the swap")
+    parser.add_argument("--blend-ratio", type=float, default=1.0, help="swapped-face weight, 0-1 (default 1)")
+    parser.add_argument("--face-mask-blur", type=float, default=0.3, help="mask edge blur, 0-1 (default 0.3)")
+    parser.add_argument("--face-selector", default="one", choices=["one", "many", "reference"])
+    parser.add_argument("--reference", help="image of the target person to swap (face-selector reference)")
+    parser.add_argument("--reference-distance", type=float, default=0.6, help="max cosine distance, 0-2")
+    parser.add_argument("--detector-score", type=float, default=0.5, help="minimum detection score, 0-1")
+    parser.add_argument("--enhancer-blend", type=int, default=80, help="enhanced-face weight, 0-100")
+    parser.add_argument("--profile", default="auto", choices=PROFILES, help="model profile (default auto)")
+    parser.add_argument("--models-dir", type=Path, help="directory with model files (air-gapped use)")
+    parser.add_argument("--download", action="store_true", help="download missing catalogue models")
+
+
+def swap_options_from_args(args: argparse.Namespace) -> SwapOptions:
+    """SwapOptions from the arguments :func:`add_swap_arguments` added (validated)."""
+    return SwapOptions.from_mapping(
         {
             "blend_ratio": args.blend_ratio,
             "face_mask_blur": args.face_mask_blur,
@@ -56,6 +72,10 @@ def _cmd_swap(args: argparse.Namespace) -> int:
             "face_enhancer_blend": args.enhancer_blend,
         }
     ).with_enhance(args.enhance)
+
+
+def _cmd_swap(args: argparse.Namespace) -> int:
+    options = swap_options_from_args(args)
     source = read_image_file(args.source)
     target = read_image_file(args.target)
     reference = read_image_file(args.reference) if args.reference else None
@@ -67,8 +87,7 @@ def _cmd_swap(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"output {out}: use a .jpg, .jpeg or .png file name")
     data = encode_image(result.image, media_type)
     if args.provenance:
-        models = {k: v for k, v in result.components.items() if v is not None}
-        data = label_image(data, media_type, ProvenanceLabel(models=models))
+        data = label_output(data, media_type, result.components)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         out.write_bytes(data)
@@ -115,17 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not label the output as synthetic (XMP DigitalSourceType + JSON label)",
     )
-    swap.add_argument("--enhance", action="store_true", help="run the face enhancer after the swap")
-    swap.add_argument("--blend-ratio", type=float, default=1.0, help="swapped-face weight, 0-1 (default 1)")
-    swap.add_argument("--face-mask-blur", type=float, default=0.3, help="mask edge blur, 0-1 (default 0.3)")
-    swap.add_argument("--face-selector", default="one", choices=["one", "many", "reference"])
-    swap.add_argument("--reference", help="image of the target person to swap (face-selector reference)")
-    swap.add_argument("--reference-distance", type=float, default=0.6, help="max cosine distance, 0-2")
-    swap.add_argument("--detector-score", type=float, default=0.5, help="minimum detection score, 0-1")
-    swap.add_argument("--enhancer-blend", type=int, default=80, help="enhanced-face weight, 0-100")
-    swap.add_argument("--profile", default="auto", choices=PROFILES, help="model profile (default auto)")
-    swap.add_argument("--models-dir", type=Path, help="directory with model files (air-gapped use)")
-    swap.add_argument("--download", action="store_true", help="download missing catalogue models")
+    add_swap_arguments(swap)
     swap.add_argument("--providers", default="cpu", help="ONNX Runtime providers, e.g. cuda,cpu")
     swap.add_argument(
         "--strict-providers", action="store_true", help="fail if the first provider is inactive"

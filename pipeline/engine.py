@@ -7,6 +7,7 @@ Serve layer can run them in other processes and batch them across requests.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,6 +57,75 @@ def paste_crops(
     for done, affine in zip(processed, affines, strict=True):
         out = paste_back(out, done, np.asarray(affine, np.float32), mask)
     return out
+
+
+def _apply_to_faces(
+    images: list[ImageBGR],
+    faces: list[list[Face]],
+    template: str,
+    size: int,
+    model: Callable[[CropsBGR], CropsBGR],
+    *,
+    ratio: float,
+    options: SwapOptions,
+) -> list[ImageBGR]:
+    """Crop every face of every image, run ``model`` once over all crops, paste each back into its image."""
+    cropped = [
+        crops_for(image, image_faces, template, size)
+        for image, image_faces in zip(images, faces, strict=True)
+    ]
+    if sum(len(crops) for crops, _ in cropped) == 0:
+        return images
+    done = model(np.concatenate([crops for crops, _ in cropped]))
+    out: list[ImageBGR] = []
+    at = 0
+    for image, (crops, affines) in zip(images, cropped, strict=True):
+        n = len(crops)
+        out.append(
+            paste_crops(
+                image,
+                done[at : at + n],
+                affines,
+                ratio=ratio,
+                mask_blur=options.face_mask_blur,
+                mask_padding=options.face_mask_padding,
+            )
+        )
+        at += n
+    return out
+
+
+def embed_faces(embedder: Embedder | None, image: ImageBGR, faces: list[Face]) -> list[Face]:
+    """The faces with L2-normalised embeddings attached; UnsupportedOptionError without an embedder."""
+    if embedder is None:
+        raise UnsupportedOptionError(
+            "face_selector_mode 'reference' needs an embedding model; this profile has none"
+        )
+    if not faces:
+        return []
+    crops, _ = crops_for(image, faces, embedder.template, embedder.crop_size)
+    vectors = embedder.embed_crops(crops)
+    return [f.with_embedding(v) for f, v in zip(faces, vectors, strict=True)]
+
+
+def choose_faces(
+    embedder: Embedder | None,
+    image: ImageBGR,
+    faces: list[Face],
+    options: SwapOptions,
+    reference: Embedding | None = None,
+) -> list[Face]:
+    """The detected ``faces`` of ``image`` that ``options`` selects; NoFaceError when none qualifies."""
+    if not faces:
+        raise NoFaceError("no face found in the target image")
+    if options.face_selector_mode == "reference":
+        faces = embed_faces(embedder, image, faces)
+    selected = select_faces(faces, options.face_selector_mode, reference, options.reference_face_distance)
+    if not selected:
+        raise NoFaceError(
+            f"no target face within distance {options.reference_face_distance} of the reference face"
+        )
+    return selected
 
 
 @dataclass
@@ -116,13 +186,7 @@ class FacePipeline:
 
     def embed(self, image: ImageBGR, faces: list[Face]) -> list[Face]:
         """The faces with L2-normalised embeddings attached."""
-        if self.embedder is None:
-            raise UnsupportedOptionError("no embedding model is loaded")
-        if not faces:
-            return []
-        crops, _ = crops_for(image, faces, self.embedder.template, self.embedder.crop_size)
-        vectors = self.embedder.embed_crops(crops)
-        return [f.with_embedding(v) for f, v in zip(faces, vectors, strict=True)]
+        return embed_faces(self.embedder, image, faces)
 
     def source_face(self, source: ImageBGR, options: SwapOptions) -> Face:
         faces = self.detect(source, options)
@@ -142,17 +206,7 @@ class FacePipeline:
         self, target: ImageBGR, options: SwapOptions, reference: Embedding | None = None
     ) -> list[Face]:
         """Detected and selected target faces; NoFaceError when none qualifies."""
-        faces = self.detect(target, options)
-        if not faces:
-            raise NoFaceError("no face found in the target image")
-        if options.face_selector_mode == "reference":
-            faces = self.embed(target, faces)
-        selected = select_faces(faces, options.face_selector_mode, reference, options.reference_face_distance)
-        if not selected:
-            raise NoFaceError(
-                f"no target face within distance {options.reference_face_distance} of the reference face"
-            )
-        return selected
+        return choose_faces(self.embedder, target, self.detect(target, options), options, reference)
 
     def process(
         self,
@@ -161,33 +215,43 @@ class FacePipeline:
         identity: npt.NDArray[np.float32] | None,
         options: SwapOptions,
     ) -> ImageBGR:
-        """Swap (batched over faces) then enhance the given faces of ``target``."""
-        out = target
+        """Swap then enhance the given faces of ``target``."""
+        return self.process_frames([target], [faces], identity, options)[0]
+
+    def process_frames(
+        self,
+        images: list[ImageBGR],
+        faces: list[list[Face]],
+        identity: npt.NDArray[np.float32] | None,
+        options: SwapOptions,
+    ) -> list[ImageBGR]:
+        """Swap then enhance ``faces[i]`` of each ``images[i]``: one swapper call (and one enhancer call)
+        over all faces of all images."""
+        out = images
         if options.swap:
             if identity is None:
                 raise UnsupportedOptionError("face_swapper needs a source identity")
-            crops, affines = crops_for(out, faces, self.swapper.template, self.swapper.crop_size)
-            identities = np.repeat(identity[None], len(faces), axis=0)
-            swapped = self.swapper.swap_crops(crops, identities)
-            out = paste_crops(
+            swapper = self.swapper
+            out = _apply_to_faces(
                 out,
-                swapped,
-                affines,
+                faces,
+                swapper.template,
+                swapper.crop_size,
+                lambda crops: swapper.swap_crops(crops, np.repeat(identity[None], len(crops), axis=0)),
                 ratio=options.blend_ratio,
-                mask_blur=options.face_mask_blur,
-                mask_padding=options.face_mask_padding,
+                options=options,
             )
         if options.enhance:
-            assert self.enhancer is not None
-            crops, affines = crops_for(out, faces, self.enhancer.template, self.enhancer.crop_size)
-            enhanced = self.enhancer.enhance_crops(crops)
-            out = paste_crops(
+            if self.enhancer is None:
+                raise UnsupportedOptionError("face_enhancer was asked for but no enhancer model is loaded")
+            out = _apply_to_faces(
                 out,
-                enhanced,
-                affines,
+                faces,
+                self.enhancer.template,
+                self.enhancer.crop_size,
+                self.enhancer.enhance_crops,
                 ratio=options.face_enhancer_blend / 100.0,
-                mask_blur=options.face_mask_blur,
-                mask_padding=options.face_mask_padding,
+                options=options,
             )
         return out
 

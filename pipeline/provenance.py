@@ -14,7 +14,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -285,6 +285,14 @@ def label_image(data: bytes, media_type: str, label: ProvenanceLabel) -> bytes:
     if media_type == "image/png":
         return label_png(data, label)
     raise UnsupportedMediaError(f"cannot add a provenance label to {media_type}; use image/jpeg or image/png")
+
+
+def label_output(
+    data: bytes, media_type: str, components: Mapping[str, str | None], *, request_id: str | None = None
+) -> bytes:
+    """Label encoded output bytes with the models that made them (the stages that ran)."""
+    models = {stage: name for stage, name in components.items() if name is not None}
+    return label_image(data, media_type, ProvenanceLabel(models=models, request_id=request_id))
 
 
 def read_label(data: bytes) -> ProvenanceLabel | None:

@@ -55,7 +55,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy, DataContext
 
-from pipeline.engine import FacePipeline, crops_for, paste_crops
+from pipeline.cli import add_swap_arguments, swap_options_from_args
 from pipeline.errors import (
     FaceSwapError,
     InvalidInputError,
@@ -65,10 +65,10 @@ from pipeline.errors import (
 )
 from pipeline.imageio import decode_image, encode_image, read_image_file
 from pipeline.options import SwapOptions
-from pipeline.profiles import PROFILES, PipelineConfig, build_pipeline
+from pipeline.profiles import PipelineConfig, build_pipeline
 from pipeline.provenance import ProvenanceLabel, video_metadata
 from pipeline.sessions import SessionConfig
-from pipeline.types import CropsBGR, Embedding, Face, ImageBGR
+from pipeline.types import Embedding, Face, ImageBGR
 from pipeline.video import X264_PRESETS, VideoFrame, VideoInfo, VideoWriter, probe_video
 
 log = logging.getLogger(__name__)
@@ -616,80 +616,6 @@ class DecodeFrames:
 # --- Ray Data: the swap stage -------------------------------------------------------------------------------
 
 
-def _apply_to_faces(
-    images: list[ImageBGR],
-    faces: list[list[Face]],
-    template: str,
-    size: int,
-    model: Callable[[CropsBGR], CropsBGR],
-    *,
-    ratio: float,
-    options: SwapOptions,
-) -> list[ImageBGR]:
-    """Crop every face of every image, run ``model`` once over all crops, paste each back into its image."""
-    cropped = [
-        crops_for(image, image_faces, template, size)
-        for image, image_faces in zip(images, faces, strict=True)
-    ]
-    if sum(len(crops) for crops, _ in cropped) == 0:
-        return images
-    done = model(np.concatenate([crops for crops, _ in cropped]))
-    out: list[ImageBGR] = []
-    at = 0
-    for image, (crops, affines) in zip(images, cropped, strict=True):
-        n = len(crops)
-        out.append(
-            paste_crops(
-                image,
-                done[at : at + n],
-                affines,
-                ratio=ratio,
-                mask_blur=options.face_mask_blur,
-                mask_padding=options.face_mask_padding,
-            )
-        )
-        at += n
-    return out
-
-
-def process_frames(
-    pipeline: FacePipeline,
-    images: list[ImageBGR],
-    faces: list[list[Face]],
-    identity: npt.NDArray[np.float32] | None,
-    options: SwapOptions,
-) -> list[ImageBGR]:
-    """:meth:`FacePipeline.process` over many frames with one swapper call (and one enhancer call) for all
-    faces of all frames. ``faces[i]`` are the faces of ``images[i]`` to process (may be empty)."""
-    out = images
-    if options.swap:
-        if identity is None:
-            raise InvalidOptionError("face_swapper needs a source identity")
-        swapper = pipeline.swapper
-        out = _apply_to_faces(
-            out,
-            faces,
-            swapper.template,
-            swapper.crop_size,
-            lambda crops: swapper.swap_crops(crops, np.repeat(identity[None], len(crops), axis=0)),
-            ratio=options.blend_ratio,
-            options=options,
-        )
-    if options.enhance:
-        enhancer = pipeline.enhancer
-        assert enhancer is not None  # check_options ran in the identity task
-        out = _apply_to_faces(
-            out,
-            faces,
-            enhancer.template,
-            enhancer.crop_size,
-            enhancer.enhance_crops,
-            ratio=options.face_enhancer_blend / 100.0,
-            options=options,
-        )
-    return out
-
-
 def _column(arrays: list[np.ndarray]) -> np.ndarray:
     """A batch column: stacked when every row has one shape, else an object array of the rows."""
     if arrays and all(a.shape == arrays[0].shape for a in arrays):
@@ -727,7 +653,7 @@ class SwapFrames:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = [np.ascontiguousarray(image) for image in batch["image"]]
         faces = [self._faces(image) for image in images]
-        out = process_frames(self._pipeline, images, faces, self._identity, self._options)
+        out = self._pipeline.process_frames(images, faces, self._identity, self._options)
         return {
             "target": batch["target"],
             "index": batch["index"],
@@ -1120,17 +1046,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-o", "--output", required=True, help="output folder, or .mp4/.mov/.mkv for one target"
     )
-    parser.add_argument("--enhance", action="store_true", help="run the face enhancer after the swap")
-    parser.add_argument("--blend-ratio", type=float, default=1.0, help="swapped-face weight, 0-1 (default 1)")
-    parser.add_argument("--face-mask-blur", type=float, default=0.3, help="mask edge blur, 0-1 (default 0.3)")
-    parser.add_argument("--face-selector", default="one", choices=["one", "many", "reference"])
-    parser.add_argument("--reference", help="image of the target person (face-selector reference)")
-    parser.add_argument("--reference-distance", type=float, default=0.6, help="max cosine distance, 0-2")
-    parser.add_argument("--detector-score", type=float, default=0.5, help="minimum detection score, 0-1")
-    parser.add_argument("--enhancer-blend", type=int, default=80, help="enhanced-face weight, 0-100")
-    parser.add_argument("--profile", default="auto", choices=PROFILES, help="model profile (default auto)")
-    parser.add_argument("--models-dir", type=Path, help="directory with model files")
-    parser.add_argument("--download", action="store_true", help="download missing catalogue models")
+    add_swap_arguments(parser)
     parser.add_argument(
         "--providers",
         help="ONNX Runtime providers, e.g. cuda,cpu (default: cuda,cpu with --num-gpus, else cpu)",
@@ -1162,16 +1078,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args: argparse.Namespace) -> BatchJobConfig:
-    options = SwapOptions.from_mapping(
-        {
-            "blend_ratio": args.blend_ratio,
-            "face_mask_blur": args.face_mask_blur,
-            "face_selector_mode": args.face_selector,
-            "reference_face_distance": args.reference_distance,
-            "detector_score": args.detector_score,
-            "face_enhancer_blend": args.enhancer_blend,
-        }
-    ).with_enhance(args.enhance)
+    options = swap_options_from_args(args)
     providers = args.providers or ("cuda,cpu" if args.num_gpus > 0 else "cpu")
     pipeline = PipelineConfig(
         profile=args.profile,

@@ -142,6 +142,8 @@ class IngressArgs(ScalingArgs):
     max_inflight_swaps: int = Field(default=32, ge=1)
     """Swaps one ingress replica runs at once; more are answered 503 at once (the ingress' own queue)."""
     jpeg_quality: int = Field(default=92, ge=1, le=100)
+    provenance: bool = True
+    """Label every output image as synthetic (XMP DigitalSourceType + JSON label, see README)."""
     readiness_timeout_s: float = Field(default=5.0, gt=0)
 
 

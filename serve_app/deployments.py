@@ -21,13 +21,13 @@ import ray
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
-from pipeline.engine import crops_for, paste_crops
+from pipeline.engine import choose_faces, crops_for, embed_faces, paste_crops
 from pipeline.errors import NoFaceError, UnsupportedOptionError
 from pipeline.geometry import template_points
 from pipeline.models.base import Embedder
 from pipeline.options import SwapOptions
 from pipeline.profiles import ModelFactory
-from pipeline.selection import largest_face, select_faces
+from pipeline.selection import largest_face
 from pipeline.types import CropsBGR, Embedding, Face, ImageBGR
 from serve_app.config import AppArgs, BatchArgs
 from serve_app.metrics import StageMetrics, timed
@@ -194,7 +194,7 @@ class FaceSwapper:
         """L2-normalised embedding (D,) of the largest face in the reference image."""
         if not faces:
             raise NoFaceError("no face found in the reference image")
-        return self._embed(image, [largest_face(faces)])[0].embedding  # type: ignore[return-value]
+        return embed_faces(self._embedder, image, [largest_face(faces)])[0].embedding  # type: ignore[return-value]
 
     async def swap(
         self,
@@ -208,7 +208,7 @@ class FaceSwapper:
 
         Raises NoFaceError (422) when no face qualifies, so the enhancer never runs on nothing.
         """
-        selected = await asyncio.to_thread(self._select, target, faces, options, reference)
+        selected = await asyncio.to_thread(choose_faces, self._embedder, target, faces, options, reference)
         if not options.swap:
             return FacesOutcome(image=target, faces=selected)
         if identity is None:
@@ -240,29 +240,6 @@ class FaceSwapper:
         out, seconds = await asyncio.to_thread(timed, self._swapper.swap_crops, crops, identities)
         self._metrics.record_latency(seconds)
         return _split(out, sizes)
-
-    def _embed(self, image: ImageBGR, faces: list[Face]) -> list[Face]:
-        if self._embedder is None:
-            raise UnsupportedOptionError(
-                "face_selector_mode 'reference' needs an embedding model; this profile has none"
-            )
-        crops, _ = crops_for(image, faces, self._embedder.template, self._embedder.crop_size)
-        vectors = self._embedder.embed_crops(crops)
-        return [f.with_embedding(v) for f, v in zip(faces, vectors, strict=True)]
-
-    def _select(
-        self, target: ImageBGR, faces: list[Face], options: SwapOptions, reference: Embedding | None
-    ) -> list[Face]:
-        if not faces:
-            raise NoFaceError("no face found in the target image")
-        if options.face_selector_mode == "reference":
-            faces = self._embed(target, faces)
-        selected = select_faces(faces, options.face_selector_mode, reference, options.reference_face_distance)
-        if not selected:
-            raise NoFaceError(
-                f"no target face within distance {options.reference_face_distance} of the reference face"
-            )
-        return selected
 
 
 @serve.deployment(name="FaceEnhancer")

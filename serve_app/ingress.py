@@ -64,6 +64,7 @@ from pipeline.errors import (
 )
 from pipeline.imageio import check_dimensions, decode_image, encode_image
 from pipeline.options import SwapOptions
+from pipeline.provenance import label_output
 from pipeline.types import ImageBGR
 from serve_app.auth import API_KEY_HEADER, ApiKeyAuth
 from serve_app.config import AppArgs
@@ -681,6 +682,8 @@ class SwapIngress:
                 body = await asyncio.to_thread(
                     encode_image, result.image, encoded_type, self._limits.jpeg_quality
                 )
+                if self._limits.provenance:
+                    body = label_output(body, encoded_type, result.components, request_id=request_id)
         except Exception as exc:
             return error_response(exc, request_id)
         headers = {"X-Faces-Swapped": str(result.faces_swapped)}

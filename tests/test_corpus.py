@@ -11,7 +11,6 @@ observed, the swap after it) is printed at the end of the module and written to
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,9 +19,7 @@ from typing import Any
 
 import pytest
 
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-for _key, _value in RAY_ENV.items():  # before Ray is imported: it reads some settings at import
-    os.environ.setdefault(_key, _value)
+from tests.local_ray import local_serve  # noqa: E402
 
 pytest.importorskip("httpx")
 ray = pytest.importorskip("ray")
@@ -37,19 +34,12 @@ from tests.corpus import Case, CaseRequest, Inputs  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
-REPO = Path(__file__).resolve().parents[1]
 INPUTS = Inputs()
 CASES = [
     *corpus.image_api_cases(INPUTS),
     *corpus.video_cases(INPUTS, source_field="source_image", video_field="target_video"),
     *corpus.task_id_cases(),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _params(cases: list[Case]) -> list[Any]:
@@ -91,19 +81,8 @@ class App:
 
 @pytest.fixture(scope="module")
 def app(test_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
-    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
-        address="local",
-        num_cpus=4,
-        num_gpus=1,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {**RAY_ENV, "PYTHONPATH": python_path}},
-    )
     store = tmp_path_factory.mktemp("corpus_jobs")
-    try:
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with local_serve() as url:
         args = {
             "use_shared_assets": False,
             "overrides": {
@@ -129,10 +108,7 @@ def app(test_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
             },
         }
         serve.run(build_app(args), name="corpus", route_prefix="/")
-        yield App(url=f"http://127.0.0.1:{port}", store=store)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+        yield App(url=url, store=store)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import sys
 import time
 from collections import Counter
@@ -32,9 +31,7 @@ import cv2
 import numpy as np
 import pytest
 
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-for _key, _value in RAY_ENV.items():  # before Ray is imported: it reads some settings at import
-    os.environ.setdefault(_key, _value)
+from tests.local_ray import local_serve  # noqa: E402
 
 pytest.importorskip("httpx")
 ray = pytest.importorskip("ray")
@@ -49,7 +46,6 @@ from tests import corpus  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
 
-REPO = Path(__file__).resolve().parents[1]
 APP = "faults"
 SWAPPER = "FaceSwapper"
 SWAPPER_REPLICAS = 2
@@ -58,12 +54,6 @@ CLIENT_TIMEOUT_S = 60.0
 """Every request of these tests gives up after this long: a hang shows up as a failed request."""
 RECOVERY_TIMEOUT_S = 150.0
 JOB_TIMEOUT_S = 240.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _png(height: int, width: int, seed: int) -> bytes:
@@ -173,22 +163,8 @@ def _table(rows: list[dict[str, str]]) -> str:
 # -- fixtures ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
-        address="local",
-        num_cpus=4,
-        num_gpus=1,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {**RAY_ENV, "PYTHONPATH": python_path}},
-    )
-    try:
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with local_serve() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import dataclasses
 import io
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,14 +16,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import httpx  # noqa: E402
 import numpy as np
 import pytest
-
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-for _key, _value in RAY_ENV.items():  # before Ray is imported: it reads some settings at import
-    os.environ.setdefault(_key, _value)
-
-import httpx  # noqa: E402
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
@@ -54,8 +48,8 @@ from serve_app.jobs import (  # noqa: E402
     new_task_id,
     runner_name,
 )
+from tests.local_ray import local_serve  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 AAC = "astronaut_pan_zoom_640x480_25fps_h264_aac.mp4"
 SOURCE = "codait_luciano_cc0.png"
 TRAVERSALS = [
@@ -468,32 +462,11 @@ APP = "jobs"
 DEADLINE_S = 240.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def serve_url() -> Iterator[str]:
     """A local Ray (4 logical CPUs) with Serve's HTTP proxy on a free 127.0.0.1 port, for this module."""
-    if ray.is_initialized():
-        ray.shutdown()
-    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {**RAY_ENV, "PYTHONPATH": python_path}},
-    )
-    try:
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with local_serve(num_gpus=0) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import re
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,9 +23,7 @@ import cv2
 import numpy as np
 import pytest
 
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-for _key, _value in RAY_ENV.items():  # before Ray is imported: it reads some settings at import
-    os.environ.setdefault(_key, _value)
+from tests.local_ray import free_port, local_serve  # noqa: E402
 
 httpx = pytest.importorskip("httpx")
 ray = pytest.importorskip("ray")
@@ -54,7 +50,6 @@ from serve_app.errors import (  # noqa: E402
 from serve_app.ingress import openapi_spec  # noqa: E402
 from serve_app.metrics import JobMetrics  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 KEY_A = "ops-key-alpha-0123456789abcdef"
 KEY_B = "ops-key-bravo-fedcba9876543210"
 LIMITED_KEYS = ("limit-key-one-0123456789", "limit-key-two-0123456789")
@@ -220,10 +215,6 @@ def test_openapi_documents_the_security_scheme_only_when_auth_is_on() -> None:
 
 
 # -- a real local Ray --------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _noise(height: int, width: int, seed: int) -> ImageBGR:
@@ -252,30 +243,11 @@ def _assert_error(response: httpx.Response, status: int, code: str) -> dict[str,
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[dict[str, Any]]:
     """Local Ray + Serve on free 127.0.0.1 ports; custom metrics exported every second."""
-    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    metrics_port = _free_port()
-    ray.init(
-        address="local",
-        num_cpus=4,
-        num_gpus=1,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {**RAY_ENV, "PYTHONPATH": python_path}},
-        _metrics_export_port=metrics_port,
-        _system_config={"metrics_report_interval_ms": 1000},
-    )
-    try:
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    metrics_port = free_port()
+    metrics = {"_metrics_export_port": metrics_port, "_system_config": {"metrics_report_interval_ms": 1000}}
+    with local_serve(**metrics) as url:
         logs_dir = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
-        yield {
-            "url": f"http://127.0.0.1:{port}",
-            "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
-            "logs": logs_dir,
-        }
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+        yield {"url": url, "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "logs": logs_dir}
 
 
 @pytest.fixture(scope="module")

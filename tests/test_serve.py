@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import socket
 import sys
 import threading
 import time
@@ -26,9 +25,7 @@ import cv2
 import numpy as np
 import pytest
 
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-for _key, _value in RAY_ENV.items():  # before Ray is imported: it reads some settings at import
-    os.environ.setdefault(_key, _value)
+from tests.local_ray import local_serve  # noqa: E402
 
 httpx = pytest.importorskip("httpx")
 ray = pytest.importorskip("ray")
@@ -51,14 +48,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The `metrics_interval_s` field:DeprecationWarning"),
 ]
 
-REPO = Path(__file__).resolve().parents[1]
 ENHANCER_GPUS = 0.25
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _noise(height: int, width: int, seed: int) -> ImageBGR:
@@ -100,22 +90,8 @@ def _assert_error(response: httpx.Response, status: int, code: str) -> dict[str,
 def serve_url() -> Iterator[str]:
     """A local Ray with one logical GPU and Serve's HTTP proxy on a free 127.0.0.1 port, for this module
     (the only one of the session that deploys Serve; other Ray modules start and stop their own)."""
-    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
-        address="local",  # always a fresh cluster, never one that `ray start` left running
-        num_cpus=4,
-        num_gpus=1,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {**RAY_ENV, "PYTHONPATH": python_path}},
-    )
-    try:
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with local_serve() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
