@@ -39,14 +39,12 @@ import argparse
 import json
 import logging
 import os
-import socket
 import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +58,7 @@ from pipeline.imageio import decode_image, encode_image
 from pipeline.options import SwapOptions
 from pipeline.profiles import PipelineConfig, build_pipeline
 from pipeline.sessions import SessionConfig
+from serve_app.local import local_serve
 
 log = logging.getLogger("bench.http_bench")
 
@@ -72,7 +71,6 @@ APP_NAME = "bench"
 SWAP_URL_PATH = "/api/v1/swap"
 JPEG_QUALITY = 92
 """The ingress' default ``jpeg_quality``; the in-process mode encodes with the same."""
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 GPU_SHARES = {"detector": 0.2, "swapper": 0.4, "enhancer": 0.4}
 """Logical GPU fractions of the model deployments with ``--providers cuda`` (one GPU in all)."""
 
@@ -192,39 +190,6 @@ def _mime(name: str) -> str:
 
 
 # --- local Ray + Serve --------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def local_serve(num_cpus: int | None, num_gpus: int = 1) -> Iterator[str]:
-    """A fresh local Ray (``num_cpus`` CPUs, ``num_gpus`` logical GPUs) with Serve's HTTP proxy on a free
-    127.0.0.1 port; yields the base URL and shuts both down afterwards."""
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    import ray
-    from ray import serve
-
-    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
-        address="local",
-        num_cpus=num_cpus or os.cpu_count(),
-        num_gpus=num_gpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {**RAY_ENV, "PYTHONPATH": python_path}},
-    )
-    try:
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def deploy(args: dict[str, Any]) -> Any:

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import os
-import socket
 import sys
 import threading
 import time
@@ -41,6 +39,7 @@ import httpx
 import numpy as np
 
 from bench.common import environment, format_table, write_json
+from serve_app.local import local_serve
 
 log = logging.getLogger("bench.load_test")
 
@@ -50,7 +49,6 @@ SOURCE_IMAGE = "codait_luciano_cc0.png"
 TARGET_IMAGE = "pexels_woman_portrait_638700.jpeg"
 SWAP_URL_PATH = "/api/v1/swap"
 APP_NAME = "loadtest"
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 LITE_ARGS: dict[str, Any] = {
     "profile": "lite",
     "enhance": False,
@@ -203,39 +201,16 @@ def photo_payload(assets: Path, source: str = SOURCE_IMAGE, target: str = TARGET
     return Payload(files=(part("source_image", source), part("target_image", target)))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def local_lite_app(num_cpus: int | None) -> Iterator[str]:
     """A fresh local Ray with the lite profile deployed at ``/`` on a free 127.0.0.1 port; yields its URL."""
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    import ray
     from ray import serve
 
     from serve_app.app import build_app
 
-    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
-        address="local",
-        num_cpus=num_cpus or os.cpu_count(),
-        num_gpus=1,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {**RAY_ENV, "PYTHONPATH": python_path}},
-    )
-    try:
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with local_serve(num_cpus) as url:
         serve.run(build_app(LITE_ARGS), name=APP_NAME, route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+        yield url
 
 
 def render(result: LoadResult) -> str:

@@ -45,7 +45,6 @@ from bench.common import environment, format_table, write_json
 from bench.http_bench import (
     DEFAULT_ASSETS,
     DETECTORS,
-    RAY_ENV,
     SOURCE_IMAGE,
     bench_models,
     pipeline_config,
@@ -53,6 +52,7 @@ from bench.http_bench import (
 )
 from pipeline.errors import FaceSwapError
 from pipeline.video import probe_video
+from serve_app.local import RAY_ENV
 
 log = logging.getLogger("bench.video_bench")
 

@@ -26,7 +26,8 @@ log = logging.getLogger("faceswap")
 _OUTPUT_TYPES = MappingProxyType({".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"})
 
 
-def _exit_code(error: FaceSwapError) -> int:
+def exit_code(error: FaceSwapError) -> int:
+    """The command-line exit status of a typed error: 3 no face, 4 model missing, 2 other 4xx, else 1."""
     if isinstance(error, NoFaceError):
         return 3
     if isinstance(error, ModelNotFoundError):
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except FaceSwapError as error:
         sys.stderr.write(f"faceswap: error: {error.message}\n")
-        return _exit_code(error)
+        return exit_code(error)
 
 
 if __name__ == "__main__":

@@ -55,12 +55,11 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy, DataContext
 
-from pipeline.cli import add_swap_arguments, swap_options_from_args
+from pipeline.cli import add_swap_arguments, exit_code, swap_options_from_args
 from pipeline.errors import (
     FaceSwapError,
     InvalidInputError,
     InvalidOptionError,
-    ModelNotFoundError,
     NoFaceError,
 )
 from pipeline.imageio import decode_image, encode_image, read_image_file
@@ -1027,14 +1026,6 @@ def run_batch_job(
 # --- command line -------------------------------------------------------------------------------------------
 
 
-def _exit_code(error: FaceSwapError) -> int:
-    if isinstance(error, NoFaceError):
-        return 3
-    if isinstance(error, ModelNotFoundError):
-        return 4
-    return 2 if 400 <= error.status < 500 else 1
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m serve_app.batch",
@@ -1144,7 +1135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_batch_job(config, FrameProgress() if args.progress else (lambda done, total: None))
     except FaceSwapError as error:
         sys.stderr.write(f"faceswap batch: error: {error.message}\n")
-        return _exit_code(error)
+        return exit_code(error)
     finally:
         if owns_ray:
             ray.shutdown()

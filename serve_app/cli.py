@@ -12,7 +12,6 @@ import base64
 import json
 import logging
 import os
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -21,17 +20,12 @@ from pathlib import Path
 
 from pipeline.errors import FaceSwapError, InvalidInputError
 from pipeline.profiles import PROFILES, shared_assets_models_dir
+from serve_app.local import local_serve
 
 log = logging.getLogger("faceswap-serve")
 
 DEMO_SOURCE = "astronaut_eileen_collins_nasa.png"
 DEMO_TARGET = "pexels_group_meeting_1080865.jpeg"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _multipart(fields: dict[str, str], files: dict[str, Path]) -> tuple[bytes, str]:
@@ -66,7 +60,6 @@ def _demo_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import ray
     from ray import serve
 
     from serve_app.app import build_app
@@ -74,11 +67,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     source, target = _demo_inputs(args)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    port = args.port or _free_port()
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), num_gpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with local_serve(num_cpus=max(4, os.cpu_count() or 1)) as url:
         app_args = {"profile": args.profile, "providers": ["cpu"], "enhance": args.enhance}
         serve.run(build_app(app_args), name="faceswap", route_prefix="/")
         body, content_type = _multipart(
@@ -86,7 +75,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             {"source_image": source, "target_image": target},
         )
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/v1/swap",
+            f"{url}/api/v1/swap",
             data=body,
             headers={"Content-Type": content_type, "Accept": "application/json"},
         )
@@ -108,14 +97,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             "faces_swapped": payload.get("faces_swapped"),
             "components": payload.get("components"),
             "request_id": payload.get("request_id"),
-            "served_at": f"http://127.0.0.1:{port}/api/v1/swap",
+            "served_at": f"{url}/api/v1/swap",
         }
         (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         sys.stdout.write(json.dumps(summary) + "\n")
         return 0
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:

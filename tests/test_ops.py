@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.local_ray import free_port, local_serve  # noqa: E402
+from tests.local_ray import assert_error, free_port, local_serve  # noqa: E402
 
 httpx = pytest.importorskip("httpx")
 ray = pytest.importorskip("ray")
@@ -231,15 +231,6 @@ def _files(seed: int) -> dict[str, tuple[str, bytes, str]]:
     }
 
 
-def _assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"success", "error", "code", "request_id"}, body
-    assert body["success"] is False and body["code"] == code and body["error"]
-    assert body["request_id"] == response.headers["x-request-id"]
-    return body
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[dict[str, Any]]:
     """Local Ray + Serve on free 127.0.0.1 ports; custom metrics exported every second."""
@@ -306,15 +297,15 @@ def test_api_without_a_key_is_401_and_with_a_wrong_key_403(ops: str, http: httpx
     swap = f"{ops}/api/v1/swap"
     for headers in ({}, {"Authorization": f"Basic {KEY_A}"}, {"Authorization": "Bearer"}, {"X-API-Key": ""}):
         response = http.post(swap, files=_files(1), headers=headers)
-        _assert_error(response, 401, "unauthorized")
+        assert_error(response, 401, "unauthorized")
         assert response.headers["www-authenticate"].startswith("Bearer")
     for headers in ({"Authorization": f"Bearer {KEY_A}x"}, {"X-API-Key": KEY_B[:-1]}):
-        _assert_error(http.post(swap, files=_files(1), headers=headers), 403, "forbidden")
+        assert_error(http.post(swap, files=_files(1), headers=headers), 403, "forbidden")
     # every /api/ path is behind the key, also unknown ones and wrong methods: no route discovery
-    _assert_error(http.get(f"{ops}/api/v2/nothing"), 401, "unauthorized")
-    _assert_error(http.get(swap), 401, "unauthorized")
-    _assert_error(http.get(f"{ops}/api/v2/nothing", headers={"X-API-Key": KEY_A}), 404, "not_found")
-    _assert_error(http.get(swap, headers={"X-API-Key": KEY_A}), 405, "method_not_allowed")
+    assert_error(http.get(f"{ops}/api/v2/nothing"), 401, "unauthorized")
+    assert_error(http.get(swap), 401, "unauthorized")
+    assert_error(http.get(f"{ops}/api/v2/nothing", headers={"X-API-Key": KEY_A}), 404, "not_found")
+    assert_error(http.get(swap, headers={"X-API-Key": KEY_A}), 405, "method_not_allowed")
 
 
 @pytest.mark.parametrize(
@@ -346,16 +337,16 @@ def test_rate_limit_answers_429_after_the_burst(limited: str, http: httpx.Client
     first, second = LIMITED_KEYS
     # a JSON body is refused (415) after the key check, so no model runs; each request takes a token
     for _ in range(BURST):
-        _assert_error(http.post(swap, json={}, headers={"X-API-Key": first}), 415, "unsupported_media_type")
+        assert_error(http.post(swap, json={}, headers={"X-API-Key": first}), 415, "unsupported_media_type")
     limited_response = http.post(swap, json={}, headers={"Authorization": f"Bearer {first}"})
-    body = _assert_error(limited_response, 429, "rate_limited")
+    body = assert_error(limited_response, 429, "rate_limited")
     assert key_id(first) in body["error"] and first not in body["error"]
     retry_after = int(limited_response.headers["retry-after"])
     assert 1 <= retry_after <= 60 / RATE_PER_MINUTE
     # the other key has its own bucket; a wrong key is still 403, a missing one 401; health stays open
-    _assert_error(http.post(swap, json={}, headers={"X-API-Key": second}), 415, "unsupported_media_type")
-    _assert_error(http.post(swap, json={}, headers={"X-API-Key": "not-a-key-0123456789"}), 403, "forbidden")
-    _assert_error(http.post(swap, json={}), 401, "unauthorized")
+    assert_error(http.post(swap, json={}, headers={"X-API-Key": second}), 415, "unsupported_media_type")
+    assert_error(http.post(swap, json={}, headers={"X-API-Key": "not-a-key-0123456789"}), 403, "forbidden")
+    assert_error(http.post(swap, json={}), 401, "unauthorized")
     assert http.get(f"{limited}/healthz").status_code == 200
     assert "429" in http.get(f"{limited}/openapi.json").json()["paths"]["/api/v1/swap"]["post"]["responses"]
 
@@ -410,8 +401,8 @@ def test_stage_request_and_error_metrics_are_exported(
             headers={"X-API-Key": KEY_A},
         )
         assert response.status_code == 200, response.text
-    _assert_error(http.post(f"{ops}/api/v1/swap", files=_files(1)), 401, "unauthorized")
-    _assert_error(
+    assert_error(http.post(f"{ops}/api/v1/swap", files=_files(1)), 401, "unauthorized")
+    assert_error(
         http.post(f"{ops}/api/v1/swap", files=_files(1), headers={"X-API-Key": "x" * 20}), 403, "forbidden"
     )
 
@@ -518,7 +509,7 @@ def test_replica_logs_are_json_lines_with_the_request_id(
     denied = http.post(
         f"{ops}/api/v1/swap", files=_files(5), headers={"X-Request-ID": denied_id, "X-API-Key": KEY_A + "0"}
     )
-    _assert_error(denied, 403, "forbidden")
+    assert_error(denied, 403, "forbidden")
 
     logs_dir: Path = cluster["logs"]
     deadline = time.monotonic() + 15

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.local_ray import local_serve  # noqa: E402
+from tests.local_ray import assert_error, local_serve  # noqa: E402
 
 httpx = pytest.importorskip("httpx")
 ray = pytest.importorskip("ray")
@@ -74,15 +74,6 @@ def _files(source: ImageBGR | None, target: ImageBGR | None) -> dict[str, tuple[
     if target is not None:
         files["target_image"] = ("target.png", _png(target), "image/png")
     return files
-
-
-def _assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"success", "error", "code", "request_id"}, body
-    assert body["success"] is False and body["code"] == code and body["error"]
-    assert body["request_id"] == response.headers["x-request-id"]
-    return body
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------
@@ -290,7 +281,7 @@ def _big_png() -> bytes:
 def test_bad_requests_get_typed_json_errors(
     tm: str, http: httpx.Client, files: dict, data: dict, status: int, code: str
 ) -> None:
-    _assert_error(http.post(f"{tm}/api/v1/swap", files=files, data=data), status, code)
+    assert_error(http.post(f"{tm}/api/v1/swap", files=files, data=data), status, code)
 
 
 def test_upload_limit_is_enforced_while_the_body_streams(tm: str, http: httpx.Client) -> None:
@@ -315,13 +306,13 @@ def test_upload_limit_is_enforced_while_the_body_streams(tm: str, http: httpx.Cl
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     assert "content-length" not in response.request.headers
-    _assert_error(response, 413, "payload_too_large")
+    assert_error(response, 413, "payload_too_large")
 
 
 def test_non_multipart_and_routing_errors_are_json(tm: str, http: httpx.Client) -> None:
-    _assert_error(http.post(f"{tm}/api/v1/swap", json={"source_image": "x"}), 415, "unsupported_media_type")
-    _assert_error(http.get(f"{tm}/api/v1/swap"), 405, "method_not_allowed")
-    _assert_error(http.get(f"{tm}/api/v2/nothing"), 404, "not_found")
+    assert_error(http.post(f"{tm}/api/v1/swap", json={"source_image": "x"}), 415, "unsupported_media_type")
+    assert_error(http.get(f"{tm}/api/v1/swap"), 405, "method_not_allowed")
+    assert_error(http.get(f"{tm}/api/v2/nothing"), 404, "not_found")
 
 
 def test_health_readiness_openapi_and_page(tm: str, http: httpx.Client, local_pipeline) -> None:
@@ -482,7 +473,7 @@ def test_overload_is_answered_503_json(lite: str) -> None:
     responses = asyncio.run(fire())
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {422, 503}, statuses  # noise holds no face; the rest is shed
-    shed = [_assert_error(r, 503, "overloaded") for r in responses if r.status_code == 503]
+    shed = [assert_error(r, 503, "overloaded") for r in responses if r.status_code == 503]
     assert shed, statuses
     assert all(int(r.headers["retry-after"]) >= 1 for r in responses if r.status_code == 503)
     messages = " ".join(body["error"] for body in shed)
