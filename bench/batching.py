@@ -40,14 +40,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.common import environment, format_table, write_json
+from bench.common import environment, format_table
 from bench.http_bench import (
     APP_NAME,
-    DEFAULT_ASSETS,
-    DETECTORS,
     SWAP_URL_PATH,
     Call,
     LevelResult,
+    add_model_arguments,
     app_args,
     bench_models,
     deploy,
@@ -56,11 +55,12 @@ from bench.http_bench import (
     load_photos,
     local_serve,
     pipeline_config,
+    positive_ints,
+    report,
     run_level,
 )
 from bench.micro import time_call
 from pipeline.engine import crops_for
-from pipeline.errors import FaceSwapError
 from pipeline.imageio import decode_image
 from pipeline.options import SwapOptions
 from pipeline.profiles import build_pipeline
@@ -258,23 +258,11 @@ def render(payload: dict[str, Any]) -> str:
     )
 
 
-def _positive_ints(text: str) -> list[int]:
-    values = [int(v) for v in text.replace(",", " ").split()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, required=True, help="folder of bench_<name>.onnx")
+    add_model_arguments(parser)
     parser.add_argument(
-        "--assets", type=Path, default=DEFAULT_ASSETS, help="../shared/assets (photos, detectors)"
-    )
-    parser.add_argument("--providers", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--detector", choices=sorted(DETECTORS), default="yunet")
-    parser.add_argument(
-        "--batch-sizes", type=_positive_ints, default=[1, 8, 16], help="swapper max_batch_size"
+        "--batch-sizes", type=positive_ints, default=[1, 8, 16], help="swapper max_batch_size"
     )
     parser.add_argument("--batch-wait-timeout-s", type=float, default=0.01)
     parser.add_argument("--concurrency", type=int, default=16)
@@ -284,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--http-requests", type=int, default=48, help="timed HTTP requests per batch size, 0 = none"
     )
-    parser.add_argument("--direct-batches", type=_positive_ints, default=[1, 4, 8, 16])
+    parser.add_argument("--direct-batches", type=positive_ints, default=[1, 4, 8, 16])
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per direct batch size")
     parser.add_argument(
         "--min-iterations", type=int, default=5, help="timed calls per direct batch, at least"
@@ -297,14 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--concurrency, --requests and --min-iterations must be >= 1, --http-requests >= 0")
     if args.seconds <= 0:
         parser.error("--seconds must be > 0")
-    try:
-        payload = run(args)
-    except (FaceSwapError, FileNotFoundError) as exc:
-        sys.stderr.write(f"batching benchmark failed: {exc}\n")
-        return 2
-    sys.stdout.write(render(payload) + "\n")
-    sys.stdout.write(f"wrote {write_json(args.json, payload)}\n")
-    return 0
+    return report("batching", run, render, args)
 
 
 if __name__ == "__main__":

@@ -570,26 +570,49 @@ def render(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _positive_ints(text: str) -> list[int]:
+def positive_ints(text: str) -> list[int]:
+    """argparse type: a comma or space separated list of positive integers."""
     values = [int(v) for v in text.replace(",", " ").split()]
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark models, assets, providers and detector: shared by the Serve-graph benchmarks."""
     parser.add_argument("--models-dir", type=Path, required=True, help="folder of bench_<name>.onnx")
     parser.add_argument(
         "--assets", type=Path, default=DEFAULT_ASSETS, help="../shared/assets (photos, detectors)"
     )
     parser.add_argument("--providers", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--detector", choices=sorted(DETECTORS), default="yunet")
+
+
+def report(
+    name: str,
+    run: Callable[[argparse.Namespace], dict[str, object]],
+    render: Callable[[dict[str, Any]], str],
+    args: argparse.Namespace,
+) -> int:
+    """Run a benchmark, print its tables and write its JSON to ``args.json``; exit status 2 on failure."""
+    try:
+        payload = run(args)
+    except (FaceSwapError, FileNotFoundError) as exc:
+        sys.stderr.write(f"{name} benchmark failed: {exc}\n")
+        return 2
+    sys.stdout.write(render(payload) + "\n")
+    sys.stdout.write(f"wrote {write_json(args.json, payload)}\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
     parser.add_argument("--selector", choices=("one", "many"), default="one", help="face_selector_mode")
     parser.add_argument("--enhance", action="store_true", help="also run the (bench) GFPGAN enhancer")
-    parser.add_argument("--concurrency", type=_positive_ints, default=[1, 4, 16], help="e.g. 1,4,16")
+    parser.add_argument("--concurrency", type=positive_ints, default=[1, 4, 16], help="e.g. 1,4,16")
     parser.add_argument(
-        "--requests", type=_positive_ints, default=[12, 24, 48], help="timed requests per level"
+        "--requests", type=positive_ints, default=[12, 24, 48], help="timed requests per level"
     )
     parser.add_argument(
         "--modes", nargs="+", choices=("inprocess", "handle", "http"), default=["inprocess", "handle", "http"]
@@ -603,14 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--requests needs one count per --concurrency level")
     if args.swapper_batch < 1:
         parser.error("--swapper-batch must be >= 1")
-    try:
-        payload = run(args)
-    except (FaceSwapError, FileNotFoundError) as exc:
-        sys.stderr.write(f"http benchmark failed: {exc}\n")
-        return 2
-    sys.stdout.write(render(payload) + "\n")
-    sys.stdout.write(f"wrote {write_json(args.json, payload)}\n")
-    return 0
+    return report("http", run, render, args)
 
 
 if __name__ == "__main__":

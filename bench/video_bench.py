@@ -41,16 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.batch_memory import RunSpec, measure
-from bench.common import environment, format_table, write_json
+from bench.common import environment, format_table
 from bench.http_bench import (
-    DEFAULT_ASSETS,
-    DETECTORS,
     SOURCE_IMAGE,
+    add_model_arguments,
     bench_models,
     pipeline_config,
+    report,
     tree_cpu_by_pid,
 )
-from pipeline.errors import FaceSwapError
 from pipeline.video import probe_video
 from serve_app.local import RAY_ENV
 
@@ -223,10 +222,7 @@ def render(payload: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, required=True, help="folder of bench_<name>.onnx")
-    parser.add_argument("--assets", type=Path, default=DEFAULT_ASSETS, help="../shared/assets")
-    parser.add_argument("--providers", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--detector", choices=sorted(DETECTORS), default="yunet")
+    add_model_arguments(parser)
     parser.add_argument(
         "--videos", nargs="+", default=list(DEFAULT_VIDEOS), help="file names in assets/video"
     )
@@ -240,14 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.batch_size < 1 or args.actors < 1 or args.interval <= 0:
         parser.error("--batch-size and --actors must be >= 1, --interval > 0")
-    try:
-        payload = run(args)
-    except (FaceSwapError, FileNotFoundError) as exc:
-        sys.stderr.write(f"video benchmark failed: {exc}\n")
-        return 2
-    sys.stdout.write(render(payload) + "\n")
-    sys.stdout.write(f"wrote {write_json(args.json, payload)}\n")
-    return 0
+    return report("video", run, render, args)
 
 
 if __name__ == "__main__":
