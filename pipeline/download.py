@@ -12,13 +12,10 @@ import http.client
 import logging
 import os
 import re
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TextIO
 
 from pipeline.catalogue import Catalogue, ModelSpec, file_sha256, resolve_model_file
 from pipeline.errors import DownloadError, ModelNotFoundError
@@ -30,57 +27,10 @@ ProgressCallback = Callable[[int, int | None], None]
 
 USER_AGENT = "faceswap-serve-model-downloader/1"
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
-_MIB = 1024 * 1024
 
 
 class _RangeNotSatisfiable(Exception):
     """The server answered 416 to a resume request."""
-
-
-class TextProgress:
-    """A one-line progress bar redrawn with ``\\r`` on ``stream`` (stderr by default).
-
-    Redraws at most once per ``min_interval`` seconds, and always on completion (then ends the line).
-    """
-
-    def __init__(
-        self,
-        stream: TextIO | None = None,
-        *,
-        label: str = "",
-        min_interval: float = 0.25,
-        width: int = 30,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._stream = sys.stderr if stream is None else stream
-        self._label = label
-        self._min_interval = min_interval
-        self._width = width
-        self._clock = clock
-        self._last_draw: float | None = None
-        self._finished = False
-
-    def __call__(self, done: int, total: int | None) -> None:
-        complete = total is not None and done >= total
-        if complete and self._finished:
-            return
-        now = self._clock()
-        if not complete and self._last_draw is not None and now - self._last_draw < self._min_interval:
-            return
-        self._last_draw = now
-        self._finished = complete
-        self._stream.write("\r" + self.render(done, total) + ("\n" if complete else ""))
-        self._stream.flush()
-
-    def render(self, done: int, total: int | None) -> str:
-        """The line for ``done`` of ``total`` bytes, without the carriage return."""
-        prefix = f"{self._label} " if self._label else ""
-        if total is None or total <= 0:
-            return f"{prefix}{done / _MIB:.1f} MiB"
-        fraction = min(done / total, 1.0)
-        filled = int(round(fraction * self._width))
-        bar = "#" * filled + "." * (self._width - filled)
-        return f"{prefix}[{bar}] {100 * fraction:5.1f}% {done / _MIB:.1f}/{total / _MIB:.1f} MiB"
 
 
 def download_model(
@@ -296,7 +246,7 @@ def ensure_models(
     ``progress_for(spec)`` supplies a progress callback per download.
     """
     models_dir = Path(models_dir)
-    dirs = [models_dir, *(Path(d) for d in search_dirs)]
+    dirs = list(dict.fromkeys([models_dir, *(Path(d) for d in search_dirs)]))
     found: dict[str, Path] = {}
     missing: list[str] = []
     for name in names:
@@ -312,6 +262,11 @@ def ensure_models(
         else:
             found[name] = path
     if missing:
-        hint = "" if download else "\nor enable model downloads to fetch those with a URL."
+        hint = (
+            ""
+            if download
+            else "\nTo fetch those with a URL: `faceswap models download NAME`, or --download "
+            "(the Serve app's `download: true`)."
+        )
         raise ModelNotFoundError("\n".join(missing) + hint)
     return found

@@ -1,66 +1,157 @@
-"""Runtime options of a swap, validated from any mapping (JSON values or multipart strings)."""
+"""The options of a swap: one typed model, the single definition of their names, types, ranges, defaults,
+choices and help texts.
+
+Everything else is derived from :class:`SwapOptions`: validation (:meth:`SwapOptions.from_mapping` takes JSON
+values or multipart/CLI strings), the command-line flags (``pipeline.cli``), the OpenAPI schema and from it
+the try-it page's form (``serve_app.openapi``). Choice lists are ``Literal`` types.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
-from types import MappingProxyType
-from typing import Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from pipeline.errors import InvalidOptionError
 
 SelectorMode = Literal["one", "many", "reference"]
-FRAME_PROCESSORS = ("face_swapper", "face_enhancer")
+FrameProcessor = Literal["face_swapper", "face_enhancer"]
+FRAME_PROCESSORS: tuple[str, ...] = get_args(FrameProcessor)
+SELECTOR_MODES: tuple[str, ...] = get_args(SelectorMode)
+
+MAX_FACES_CAP = 64
+"""Hard cap of faces processed per image, whatever a request or a deployment asks for."""
+MIN_DETECTOR_SCORE = 0.1
+"""Lowest accepted ``detector_score``: below it detectors return noise (thousands of "faces")."""
+_MAX_TEXT = 64
+"""Longest string accepted for one numeric value."""
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+_INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 
 
-@dataclass(frozen=True)
-class SwapOptions:
+def _number(raw: object) -> object:
+    """A JSON number, or an ASCII decimal string (no Unicode digits, no inf/nan, no bools)."""
+    if isinstance(raw, bool):
+        raise ValueError("expected a number, got a boolean")
+    if isinstance(raw, int) and abs(raw) > 2**53:
+        raise ValueError("number out of range")
+    if isinstance(raw, float) and not math.isfinite(raw):
+        raise ValueError("expected a finite number")
+    if isinstance(raw, str):
+        text = raw.strip()
+        if len(text) > _MAX_TEXT or _NUMBER.fullmatch(text) is None:
+            raise ValueError("expected a decimal number in ASCII digits")
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        return value
+    return raw
+
+
+def _integer(raw: object) -> object:
+    """A JSON integer (or integral float), or an ASCII integer string."""
+    if isinstance(raw, str):
+        text = raw.strip()
+        if len(text) > _MAX_TEXT or _INTEGER.fullmatch(text) is None:
+            raise ValueError("expected an integer in ASCII digits")
+        raw = int(text)
+    value = _number(raw)
+    if isinstance(value, float):
+        if value != int(value):
+            raise ValueError("expected an integer")
+        return int(value)
+    return value
+
+
+def _text_list(raw: object) -> object:
+    """A JSON list, or a string holding a JSON list or comma/space separated values."""
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except (ValueError, RecursionError):
+                raise ValueError("invalid JSON list") from None
+        return [part for part in text.replace(",", " ").split() if part]
+    return raw
+
+
+def _padding(raw: object) -> object:
+    """1 or 4 integers (top, right, bottom, left); one value pads every side."""
+    values = _text_list(raw)
+    if isinstance(values, list | tuple):
+        if len(values) not in (1, 4):
+            raise ValueError("expected 1 or 4 values (top, right, bottom, left)")
+        values = [_integer(v) for v in values] * (4 // len(values))
+    return values
+
+
+def _stripped(raw: object) -> object:
+    return raw.strip() if isinstance(raw, str) else raw
+
+
+def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
+    if len(set(values)) != len(values):
+        raise ValueError("duplicate entries")
+    return values
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+Integer = Annotated[int, BeforeValidator(_integer)]
+Percent = Annotated[int, BeforeValidator(_integer), Field(ge=0, le=100)]
+FaceCount = Annotated[int, BeforeValidator(_integer), Field(ge=1, le=MAX_FACES_CAP)]
+Processors = Annotated[
+    tuple[FrameProcessor, ...],
+    BeforeValidator(_text_list),
+    AfterValidator(_unique),
+    Field(min_length=1, max_length=len(FRAME_PROCESSORS)),
+]
+
+
+class SwapOptions(BaseModel):
     """What a caller may set per swap. Defaults follow FaceFusion where it has one."""
 
-    frame_processors: tuple[str, ...] = ("face_swapper",)
-    """Ordered processors: ``face_swapper`` and/or ``face_enhancer``."""
-    blend_ratio: float = 1.0
-    """[0, 1]: swapped face weight against the original inside the mask."""
-    face_mask_blur: float = 0.3
-    """[0, 1]: FaceFusion box-mask blur."""
-    face_mask_padding: tuple[int, int, int, int] = (0, 0, 0, 0)
-    """Top, right, bottom, left in percent of the crop."""
-    face_enhancer_blend: int = 80
-    """[0, 100]: enhanced face weight (FaceFusion ``face_enhancer_blend``)."""
-    face_enhance_model: str | None = None
-    """Name of the enhancer model to use; None = the one loaded."""
-    face_selector_mode: SelectorMode = "one"
-    """``one``: the largest face; ``many``: every face; ``reference``: faces close to a reference face."""
-    reference_face_distance: float = 0.6
-    """[0, 2]: max cosine distance (1 - cos) to the reference face in ``reference`` mode."""
-    detector_score: float = 0.5
-    """[0, 1]: minimum detection score."""
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    def __post_init__(self) -> None:
-        if not self.frame_processors:
-            raise InvalidOptionError("frame_processors: at least one processor is needed")
-        for p in self.frame_processors:
-            if p not in FRAME_PROCESSORS:
-                raise InvalidOptionError(
-                    f"frame_processors: unknown {p!r}, expected any of {list(FRAME_PROCESSORS)}"
-                )
-        if len(set(self.frame_processors)) != len(self.frame_processors):
-            raise InvalidOptionError("frame_processors: duplicate entries")
-        _check_range("blend_ratio", self.blend_ratio, 0.0, 1.0)
-        _check_range("face_mask_blur", self.face_mask_blur, 0.0, 1.0)
-        _check_range("face_enhancer_blend", self.face_enhancer_blend, 0, 100)
-        _check_range("reference_face_distance", self.reference_face_distance, 0.0, 2.0)
-        _check_range("detector_score", self.detector_score, 0.0, 1.0)
-        if len(self.face_mask_padding) != 4:
-            raise InvalidOptionError("face_mask_padding: expected 4 values (top, right, bottom, left)")
-        for pad in self.face_mask_padding:
-            _check_range("face_mask_padding", pad, 0, 100)
-        if self.face_selector_mode not in ("one", "many", "reference"):
-            raise InvalidOptionError(
-                f"face_selector_mode: unknown {self.face_selector_mode!r}, expected one, many or reference"
-            )
+    frame_processors: Processors = Field(
+        default=("face_swapper",),
+        description="Processors to run, in order: face_swapper and/or face_enhancer.",
+    )
+    blend_ratio: Number = Field(
+        default=1.0, ge=0.0, le=1.0, description="Weight of the swapped face against the original."
+    )
+    face_mask_blur: Number = Field(default=0.3, ge=0.0, le=1.0, description="Blur of the face mask's edge.")
+    face_mask_padding: Annotated[tuple[Percent, Percent, Percent, Percent], BeforeValidator(_padding)] = (
+        Field(
+            default=(0, 0, 0, 0),
+            description="Face mask padding in percent: top, right, bottom, left (one value for all four).",
+        )
+    )
+    face_enhancer_blend: Integer = Field(
+        default=80, ge=0, le=100, description="Weight of the enhanced face, in percent."
+    )
+    face_enhance_model: Annotated[str | None, BeforeValidator(_stripped)] = Field(
+        default=None, max_length=64, description="Enhancer model; must be the deployed one (default: it)."
+    )
+    face_selector_mode: SelectorMode = Field(
+        default="one",
+        description="Target faces to swap: one (the largest), many (all) or reference (like a reference).",
+    )
+    reference_face_distance: Number = Field(
+        default=0.6, ge=0.0, le=2.0, description="Largest cosine distance to the reference face."
+    )
+    detector_score: Number = Field(
+        default=0.5, ge=MIN_DETECTOR_SCORE, le=1.0, description="Smallest face detection score."
+    )
+    max_faces: FaceCount | None = Field(
+        default=None,
+        description="Most faces processed per image (default: the service's setting).",
+    )
 
     @property
     def enhance(self) -> bool:
@@ -71,101 +162,91 @@ class SwapOptions:
         return "face_swapper" in self.frame_processors
 
     def with_enhance(self, enhance: bool) -> SwapOptions:
+        """These options with ``face_enhancer`` added or removed."""
         procs = [p for p in self.frame_processors if p != "face_enhancer"]
         if enhance:
             procs.append("face_enhancer")
         if not procs:
             raise InvalidOptionError("frame_processors: at least one processor is needed")
-        return replace(self, frame_processors=tuple(procs))
+        return self.model_copy(update={"frame_processors": tuple(procs)})
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON values that :meth:`from_mapping` reads back into equal options."""
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> SwapOptions:
-        """Parse and validate. Values may be typed (JSON) or strings (multipart/CLI). Unknown keys fail."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        """Parse and validate: values may be typed (JSON) or strings (multipart, CLI); empty strings and None
+        mean the default. Unknown names and bad values raise :class:`InvalidOptionError` naming the option."""
+        known = set(cls.model_fields)
+        unknown = sorted(str(k) for k in values if k not in known)
         if unknown:
-            raise InvalidOptionError(f"unknown option(s) {unknown}; known options are {sorted(known)}")
-        parsed: dict[str, object] = {}
-        for name, raw in values.items():
-            if raw is None or raw == "":
-                continue
-            parsed[name] = _PARSERS[name](name, raw)
-        return cls(**parsed)  # type: ignore[arg-type]
+            shown = ", ".join(repr(u[:40]) for u in unknown[:5])
+            raise InvalidOptionError(f"unknown option(s) {shown}; known options are {sorted(known)}")
+        given = {k: v for k, v in values.items() if v is not None and v != ""}
+        try:
+            return cls.model_validate(given, strict=False)
+        except ValidationError as exc:
+            raise InvalidOptionError(describe_errors(exc)) from None
 
 
-def _check_range(name: str, value: float, lo: float, hi: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidOptionError(f"{name}: expected a number, got {value!r}")
-    if not lo <= value <= hi:
-        raise InvalidOptionError(f"{name}: {value} is out of range [{lo}, {hi}]")
+def describe_errors(exc: ValidationError) -> str:
+    """One readable line per problem, ``name: message``; input values are never echoed in full."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in error["loc"] if not isinstance(p, int)) or "options"
+        problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(dict.fromkeys(problems))
 
 
-def _as_float(name: str, raw: object) -> float:
-    if isinstance(raw, bool):
-        raise InvalidOptionError(f"{name}: expected a number, got {raw!r}")
-    try:
-        value = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InvalidOptionError(f"{name}: expected a number, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise InvalidOptionError(f"{name}: expected a finite number, got {raw!r}")
-    return value
+@dataclass(frozen=True)
+class OptionFact:
+    """One option as the CLI, the OpenAPI schema and the form present it (read off :class:`SwapOptions`)."""
+
+    name: str
+    kind: Literal["number", "integer", "string", "list"]
+    default: object
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    """Allowed values (of each item, for lists)."""
 
 
-def _as_int(name: str, raw: object) -> int:
-    value = _as_float(name, raw)
-    if value != int(value):
-        raise InvalidOptionError(f"{name}: expected an integer, got {raw!r}")
-    return int(value)
-
-
-def _as_str(name: str, raw: object) -> str:
-    if not isinstance(raw, str):
-        raise InvalidOptionError(f"{name}: expected a string, got {raw!r}")
-    return raw.strip()
-
-
-def _as_list(name: str, raw: object) -> list[object]:
-    """A JSON list, or a comma/space separated string."""
-    if isinstance(raw, list | tuple):
-        return list(raw)
-    if isinstance(raw, str):
-        text = raw.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except (json.JSONDecodeError, RecursionError):
-                raise InvalidOptionError(f"{name}: invalid JSON list {text[:40]!r}") from None
-            if not isinstance(value, list):
-                raise InvalidOptionError(f"{name}: expected a list, got {raw!r}")
-            return value
-        return [p for p in text.replace(",", " ").split() if p]
-    raise InvalidOptionError(f"{name}: expected a list, got {raw!r}")
-
-
-def _processors(name: str, raw: object) -> tuple[str, ...]:
-    return tuple(_as_str(name, p) for p in _as_list(name, raw))
-
-
-def _padding(name: str, raw: object) -> tuple[int, int, int, int]:
-    values = [_as_int(name, v) for v in _as_list(name, raw)]
-    if len(values) == 1:
-        values *= 4
-    if len(values) != 4:
-        raise InvalidOptionError(f"{name}: expected 1 or 4 values, got {raw!r}")
-    return (values[0], values[1], values[2], values[3])
-
-
-_PARSERS = MappingProxyType(
-    {
-        "frame_processors": _processors,
-        "blend_ratio": _as_float,
-        "face_mask_blur": _as_float,
-        "face_mask_padding": _padding,
-        "face_enhancer_blend": _as_int,
-        "face_enhance_model": _as_str,
-        "face_selector_mode": _as_str,
-        "reference_face_distance": _as_float,
-        "detector_score": _as_float,
-    }
-)
+def option_facts() -> list[OptionFact]:
+    """Every option of :class:`SwapOptions`, in definition order."""
+    facts = []
+    schema = SwapOptions.model_json_schema()["properties"]
+    for name, field in SwapOptions.model_fields.items():
+        prop = schema[name]
+        choices: tuple[str, ...] = ()
+        if "enum" in prop:
+            choices = tuple(prop["enum"])
+        items = prop.get("items", {})
+        if "enum" in items:
+            choices = tuple(items["enum"])
+        variants = prop.get("anyOf", [prop])
+        types = {v.get("type") for v in variants} - {"null"}
+        kind: Literal["number", "integer", "string", "list"]
+        if "array" in types:
+            kind = "list"
+        elif "integer" in types:
+            kind = "integer"
+        elif "number" in types:
+            kind = "number"
+        else:
+            kind = "string"
+        # pydantic writes the bounds of an optional constrained type as "ge"/"le" inside anyOf.
+        bounds = next((v for v in variants if {"minimum", "maximum", "ge", "le"} & set(v)), {})
+        facts.append(
+            OptionFact(
+                name=name,
+                kind=kind,
+                default=field.default,
+                description=field.description or "",
+                minimum=bounds.get("minimum", bounds.get("ge")),
+                maximum=bounds.get("maximum", bounds.get("le")),
+                choices=choices,
+            )
+        )
+    return facts

@@ -21,8 +21,8 @@ from types import MappingProxyType
 
 from pipeline.catalogue import Catalogue, ModelSpec, default_models_dir, resolve_model_file
 from pipeline.download import ensure_models
-from pipeline.engine import FacePipeline
 from pipeline.errors import InvalidOptionError, ModelNotFoundError
+from pipeline.inprocess import Models
 from pipeline.models.base import Detector, Embedder, Enhancer, Swapper
 from pipeline.models.classical import ClassicalEnhancer, ClassicalSwapper
 from pipeline.models.detectors import HaarDetector, ScrfdDetector, YunetDetector
@@ -68,7 +68,8 @@ class PipelineConfig:
     profile: str = "auto"
     models_dir: Path | None = None
     extra_search_dirs: tuple[Path, ...] = ()
-    use_shared_assets: bool = True
+    use_shared_assets: bool = False
+    """Also search the project's shared test assets (tests and the demo; never a production default)."""
     download: bool = False
     session: SessionConfig = field(default_factory=SessionConfig)
     overrides: Mapping[str, str] = field(default_factory=dict)
@@ -81,6 +82,11 @@ class PipelineConfig:
         unknown = sorted(set(self.overrides) - set(STAGES))
         if unknown:
             raise InvalidOptionError(f"overrides: unknown stage(s) {unknown}, expected {list(STAGES)}")
+
+    @property
+    def profile_label(self) -> str:
+        """The profile as outputs report it (``custom`` when a stage is overridden)."""
+        return self.profile if not self.overrides else "custom"
 
     @property
     def search_dirs(self) -> list[Path]:
@@ -173,18 +179,12 @@ class ModelFactory:
             std=spec.std,
         )
 
-    def swapper(self, embedder: Embedder | None) -> Swapper:
+    def swapper(self) -> Swapper:
         chosen = self._choose("swapper")
         if chosen is None:
             return ClassicalSwapper()
         spec, path = chosen
-        emap = load_emap(path)
-        if not isinstance(embedder, ArcFaceEmbedder) or embedder.dim != emap.shape[0]:
-            have = f"{embedder.name} ({embedder.dim}-d)" if isinstance(embedder, ArcFaceEmbedder) else "none"
-            raise ModelNotFoundError(
-                f"{spec.name} needs a {emap.shape[0]}-d ArcFace embedder (arcface_w600k_r50); loaded: {have}"
-            )
-        return InswapperSwapper(self._session(path), emap, embedder, name=spec.name)
+        return InswapperSwapper(self._session(path), load_emap(path), name=spec.name)
 
     def enhancer(self) -> Enhancer | None:
         if not self.config.enhance:
@@ -196,17 +196,14 @@ class ModelFactory:
         return GfpganEnhancer(self._session(path), name=spec.name)
 
 
-def build_pipeline(config: PipelineConfig | None = None, catalogue: Catalogue | None = None) -> FacePipeline:
-    """Assemble the in-process pipeline for ``config`` and log which models run."""
+def build_models(config: PipelineConfig | None = None, catalogue: Catalogue | None = None) -> Models:
+    """Load every stage's model for ``config`` in this process."""
     config = config or PipelineConfig()
     factory = ModelFactory(config, catalogue)
-    embedder = factory.embedder()
-    pipeline = FacePipeline(
+    return Models(
         detector=factory.detector(),
-        swapper=factory.swapper(embedder),
-        embedder=embedder,
+        swapper=factory.swapper(),
+        embedder=factory.embedder(),
         enhancer=factory.enhancer(),
-        profile=config.profile if not config.overrides else "custom",
+        profile=config.profile_label,
     )
-    log.info("pipeline components: %s", pipeline.components)
-    return pipeline

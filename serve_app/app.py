@@ -1,7 +1,8 @@
 """The application builder: ``serve run serve_app.app:build_app`` or ``import_path`` in a Serve config.
 
 ``build_app(args)`` validates ``args`` strictly (see :class:`serve_app.config.AppArgs`; an unknown key
-is an error) and binds the graph ``SwapIngress(FaceDetector, FaceSwapper, FaceEnhancer?)``, each
+is an error) and binds the graph ``SwapIngress(FaceDetector, FaceSwapper, FaceEmbedder?, FaceEnhancer?)``,
+each
 deployment with its own replicas or autoscaling range, CPUs, fractional GPUs, admission limits and
 batch knobs (``user_config``). The enhancer is only deployed when ``enhance`` is true.
 """
@@ -14,7 +15,7 @@ from ray.serve import Application
 from ray.serve.deployment import Deployment
 
 from serve_app.config import AppArgs
-from serve_app.deployments import FaceDetector, FaceEnhancer, FaceSwapper
+from serve_app.deployments import FaceDetector, FaceEmbedder, FaceEnhancer, FaceSwapper
 from serve_app.ingress import SwapIngress
 
 
@@ -31,8 +32,11 @@ def build_app(args: dict[str, Any]) -> Application:
     parsed = AppArgs.parse(args)
     detector = _deployment(FaceDetector).options(**parsed.detector.deployment_options()).bind(parsed)
     swapper = _deployment(FaceSwapper).options(**parsed.swapper.deployment_options()).bind(parsed)
+    embedder = None
+    if parsed.has_embedder:
+        embedder = _deployment(FaceEmbedder).options(**parsed.embedder.deployment_options()).bind(parsed)
     enhancer = None
     if parsed.enhance:
         enhancer = _deployment(FaceEnhancer).options(**parsed.enhancer.deployment_options()).bind(parsed)
     ingress = _deployment(SwapIngress).options(**parsed.ingress.deployment_options())
-    return ingress.bind(detector, swapper, enhancer, parsed)
+    return ingress.bind(detector, swapper, embedder, enhancer, parsed)

@@ -32,6 +32,7 @@ with :class:`NoFaceError`. Errors raised in Ray workers surface as the typed :mo
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import logging
@@ -60,15 +61,16 @@ from pipeline.errors import (
     FaceSwapError,
     InvalidInputError,
     InvalidOptionError,
-    NoFaceError,
 )
 from pipeline.imageio import decode_image, encode_image, read_image_file
 from pipeline.options import SwapOptions
-from pipeline.profiles import PipelineConfig, build_pipeline
+from pipeline.orchestration import Identity, SwapOrchestrator
+from pipeline.profiles import PipelineConfig, build_models
 from pipeline.provenance import ProvenanceLabel, video_metadata
 from pipeline.sessions import SessionConfig
-from pipeline.types import Embedding, Face, ImageBGR
+from pipeline.types import Embedding, ImageBGR
 from pipeline.video import X264_PRESETS, VideoFrame, VideoInfo, VideoWriter, probe_video
+from serve_app.errors import unwrap
 
 log = logging.getLogger(__name__)
 
@@ -635,30 +637,26 @@ class SwapFrames:
         self,
         pipeline_config: PipelineConfig,
         options: SwapOptions,
-        identity: npt.NDArray[np.float32] | None,
+        identity: Identity | None,
         reference: Embedding | None,
     ) -> None:
-        self._pipeline = build_pipeline(pipeline_config)
+        self._orchestrator = SwapOrchestrator(build_models(pipeline_config).ports())
         self._options = options
         self._identity = identity
         self._reference = reference
 
-    def _faces(self, image: ImageBGR) -> list[Face]:
-        try:
-            return self._pipeline.target_faces(image, self._options, self._reference)
-        except NoFaceError:
-            return []
-
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = [np.ascontiguousarray(image) for image in batch["image"]]
-        faces = [self._faces(image) for image in images]
-        out = self._pipeline.process_frames(images, faces, self._identity, self._options)
+        results = asyncio.run(
+            self._orchestrator.swap_frames(images, self._identity, self._options, self._reference)
+        )
+        faces = [r.faces for r in results]
         return {
             "target": batch["target"],
             "index": batch["index"],
             "pts": batch["pts"],
             "time_s": batch["time_s"],
-            "image": _column(out),
+            "image": _column([r.image for r in results]),
             "faces": np.array([len(f) for f in faces], np.int32),
             "boxes": _column([np.array([f.bbox for f in fs], np.float32).reshape(-1) for fs in faces]),
             "scores": _column([np.array([f.score for f in fs], np.float32) for fs in faces]),
@@ -670,34 +668,16 @@ def _encode_source(
     options: SwapOptions,
     source: ImageBGR,
     reference: ImageBGR | None,
-) -> tuple[npt.NDArray[np.float32] | None, Embedding | None, dict[str, str | None]]:
+) -> tuple[Identity | None, Embedding | None, dict[str, str | None]]:
     """(identity, reference embedding, components): run once per job, as a Ray task shaped like an actor."""
-    pipeline = build_pipeline(pipeline_config)
-    pipeline.check_options(options)
-    identity = (
-        pipeline.swapper.encode_source(source, pipeline.source_face(source, options))
-        if options.swap
-        else None
-    )
+    orchestrator = SwapOrchestrator(build_models(pipeline_config).ports())
+    orchestrator.check(options, has_source=True, has_reference=reference is not None)
+    identity = asyncio.run(orchestrator.source_identity(source, options)) if options.swap else None
     ref = None
     if options.face_selector_mode == "reference":
         assert reference is not None  # BatchJobConfig requires it
-        ref = pipeline.reference_embedding(reference, options)
-    return identity, ref, pipeline.components
-
-
-def _typed_cause(error: BaseException) -> FaceSwapError | None:
-    """The typed error behind a Ray error (a task's or actor's exception is its ``cause``; chained
-    exceptions are followed through ``__cause__``), or None."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, FaceSwapError) and not isinstance(current, ray.exceptions.RayError):
-            return current
-        cause = getattr(current, "cause", None)
-        current = cause if isinstance(cause, BaseException) else current.__cause__
-    return None
+        ref = asyncio.run(orchestrator.reference_embedding(reference, options))
+    return identity, ref, orchestrator.components
 
 
 # --- writing ------------------------------------------------------------------------------------------------
@@ -1015,8 +995,8 @@ def run_batch_job(
             dataset = _dataset(config, pipeline_config, targets, identity, ref)
             results = _write_outputs(dataset, targets, config, metadata, staging, report)
         except ray.exceptions.RayError as error:
-            typed = _typed_cause(error)
-            if typed is None:
+            typed = unwrap(error)
+            if not isinstance(typed, FaceSwapError):
                 raise
             log.debug("batch job failed in a Ray worker: %s", error)
             raise typed from None

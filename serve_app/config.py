@@ -21,6 +21,8 @@ from pydantic import (
 )
 
 from pipeline.errors import InvalidOptionError
+from pipeline.options import MAX_FACES_CAP
+from pipeline.orchestration import DEFAULT_MAX_FACES
 from pipeline.profiles import PipelineConfig
 from pipeline.sessions import SessionConfig
 from pipeline.video import X264_PRESETS
@@ -141,6 +143,8 @@ class IngressArgs(ScalingArgs):
     """Decoded pixel-count limit per image."""
     max_inflight_swaps: int = Field(default=32, ge=1)
     """Swaps one ingress replica runs at once; more are answered 503 at once (the ingress' own queue)."""
+    max_faces: int = Field(default=DEFAULT_MAX_FACES, ge=1, le=MAX_FACES_CAP)
+    """Faces processed per image unless a request's ``max_faces`` says otherwise (never above the cap)."""
     jpeg_quality: int = Field(default=92, ge=1, le=100)
     provenance: bool = True
     """Label every output image as synthetic (XMP DigitalSourceType + JSON label, see README)."""
@@ -238,7 +242,8 @@ class AppArgs(_Strict):
     profile: Literal["auto", "lite", "full"] = "auto"
     models_dir: str | None = None
     extra_search_dirs: list[str] = Field(default_factory=list)
-    use_shared_assets: bool = True
+    use_shared_assets: bool = False
+    """Also search the project's shared test assets (tests and the demo only)."""
     download: bool = False
     overrides: dict[Literal["detector", "embedder", "swapper", "enhancer"], str] = Field(default_factory=dict)
     """Stage -> catalogue name or ``.onnx`` path."""
@@ -246,6 +251,10 @@ class AppArgs(_Strict):
     """ONNX Runtime providers in preference order; None = CUDA when the replica's onnxruntime has it."""
     strict_providers: bool = False
     intra_op_threads: int = Field(default=0, ge=0)
+    """Threads one ONNX Runtime call may use in a model replica; 0 = one per core."""
+    spin: bool = False
+    """Let idle ONNX Runtime threads spin-wait. Off by default: replicas share cores, and a spinning
+    replica takes CPU from the others (and from the ingress) while it waits."""
     gpu_mem_limit_mb: int = Field(default=0, ge=0)
     enhance: bool = True
     """Deploy the enhancer at all; without it ``enhance_output`` requests are answered 422."""
@@ -253,6 +262,7 @@ class AppArgs(_Strict):
     ingress: IngressArgs = IngressArgs()
     jobs: JobsArgs = JobsArgs()
     detector: ModelDeploymentArgs = ModelDeploymentArgs()
+    embedder: ModelDeploymentArgs = ModelDeploymentArgs()
     swapper: ModelDeploymentArgs = ModelDeploymentArgs(max_ongoing_requests=32)
     enhancer: ModelDeploymentArgs = ModelDeploymentArgs()
 
@@ -272,12 +282,19 @@ class AppArgs(_Strict):
     @property
     def profile_label(self) -> str:
         """The profile as responses report it (``custom`` when a stage is overridden)."""
-        return self.profile if not self.overrides else "custom"
+        return self.pipeline_config().profile_label
+
+    @property
+    def has_embedder(self) -> bool:
+        """Whether the graph deploys an embedder: every profile but ``lite`` may have one (``auto`` looks for
+        it on the replica, see ``serve_app.deployments.FaceEmbedder``)."""
+        return self.profile != "lite" or "embedder" in self.overrides
 
     def session_config(self) -> SessionConfig:
         """Evaluate on the replica: ``providers=None`` looks at that process' onnxruntime build."""
         kwargs: dict[str, Any] = {
             "intra_op_threads": self.intra_op_threads,
+            "spin": self.spin,
             "gpu_mem_limit_mb": self.gpu_mem_limit_mb,
             "strict": self.strict_providers,
         }

@@ -82,18 +82,30 @@ class RouteError(FaceSwapError):
         self.code = _HTTP_CODES.get(status, "http_error")
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    """The original exception inside (possibly nested) ``RayTaskError`` wrappers."""
-    seen = 0
-    while isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None and seen < 8:
-        exc = exc.cause
-        seen += 1
-    return exc
+def unwrap(exc: BaseException) -> BaseException:
+    """The exception a Ray error stands for: a task's, actor's or Ray Data UDF's exception is the ``cause`` of
+    (possibly nested) ``RayTaskError`` wrappers, and chained exceptions are followed through ``__cause__``
+    until a typed :class:`~pipeline.errors.FaceSwapError` appears. Anything else comes back as the innermost
+    Ray cause (or ``exc`` itself)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    innermost = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, FaceSwapError):
+            return current
+        cause = getattr(current, "cause", None) if isinstance(current, RayTaskError) else None
+        if isinstance(cause, BaseException):
+            innermost = cause
+            current = cause
+        else:
+            current = current.__cause__
+    return innermost
 
 
 def to_service_error(exc: BaseException, request_id: str | None = None) -> tuple[FaceSwapError, float | None]:
     """The typed error a caller sees for ``exc`` and the Retry-After seconds to send with it (or None)."""
-    cause = _unwrap(exc)
+    cause = unwrap(exc)
     if isinstance(cause, RateLimitedError):
         return cause, cause.retry_after_s
     if isinstance(cause, FaceSwapError):

@@ -1,20 +1,96 @@
-"""Multipart request bodies, read once for image swaps and video jobs: the body limit is enforced while
-the stream arrives, file and text fields are separated, and a field given twice is a 400."""
+"""Request parsing shared by image swaps and video jobs: multipart bodies (the body limit is enforced while
+the stream arrives, file and text fields are separated, a field given twice is a 400), the swap options from
+text fields, and the response type from ``Accept``."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 
-from pipeline.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaError
+from pipeline.errors import InvalidInputError, InvalidOptionError, PayloadTooLargeError, UnsupportedMediaError
+from pipeline.options import SwapOptions
+from serve_app.routes import JPEG_TYPE, JSON_TYPE, PNG_TYPE
 
 MAX_TEXT_FIELD_BYTES = 64 * 1024
 MAX_TEXT_FIELDS = 32
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_ACCEPT_MATCHES = MappingProxyType(
+    {
+        JSON_TYPE: JSON_TYPE,
+        "application/*": JSON_TYPE,
+        "*/*": JSON_TYPE,
+        JPEG_TYPE: JPEG_TYPE,
+        "image/*": JPEG_TYPE,
+        PNG_TYPE: PNG_TYPE,
+    }
+)
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InvalidOptionError(f"{name}: expected true or false, got {raw[:40]!r}")
+
+
+def options_from_fields(texts: Mapping[str, str]) -> SwapOptions:
+    """SwapOptions from the text fields: individual options, a JSON ``options`` object, ``enhance_output``."""
+    fields = dict(texts)
+    mapping: dict[str, object] = {}
+    raw_json = fields.pop("options", None)
+    if raw_json is not None and raw_json.strip():
+        try:
+            parsed = json.loads(raw_json)
+        except json.JSONDecodeError as exc:
+            raise InvalidOptionError(f"options: invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise InvalidOptionError("options: JSON nested too deeply") from None
+        except ValueError:  # e.g. an integer over Python's digit limit
+            raise InvalidOptionError("options: a number in the JSON is too long") from None
+        if not isinstance(parsed, dict):
+            raise InvalidOptionError("options: expected a JSON object")
+        mapping.update(parsed)
+    enhance = fields.pop("enhance_output", None)
+    both = sorted(set(mapping) & set(fields))
+    if both:
+        raise InvalidOptionError(f"{both}: given both as a field and inside options")
+    options = SwapOptions.from_mapping({**mapping, **fields})
+    if enhance is not None and enhance.strip():
+        options = options.with_enhance(parse_bool("enhance_output", enhance))
+    return options
+
+
+def negotiate(accept: str | None) -> str:
+    """The response type for an Accept header: ``application/json`` (also for ``*/*``, no header or only
+    unsupported types), ``image/jpeg`` or ``image/png``. The highest q wins, the earliest listed on ties."""
+    best: dict[str, tuple[float, int]] = {}
+    for position, part in enumerate((accept or "").split(",")[:32]):
+        media, *params = (p.strip() for p in part.split(";"))
+        chosen = _ACCEPT_MATCHES.get(media.lower())
+        if chosen is None:
+            continue
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if chosen not in best or q > best[chosen][0]:
+            best[chosen] = (q, best.get(chosen, (0.0, position))[1])
+    ranked = sorted(((q, -position, media) for media, (q, position) in best.items() if q > 0), reverse=True)
+    return ranked[0][2] if ranked else JSON_TYPE
 
 
 async def limited(stream: AsyncGenerator[bytes, None], max_bytes: int) -> AsyncGenerator[bytes, None]:

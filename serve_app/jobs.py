@@ -71,17 +71,14 @@ from serve_app.config import AppArgs, JobsArgs
 from serve_app.errors import ServiceUnavailableError, error_response, request_id_of
 from serve_app.forms import read_multipart
 from serve_app.metrics import JobMetrics
+from serve_app.routes import JOBS_PATH, RESULT_PATH, RESULT_TYPE, TASK_PATH
 
 log = logging.getLogger(__name__)
 
-JOBS_PATH = "/api/v1/jobs"
-TASK_PATH = "/api/v1/tasks/{task_id}"
-RESULT_PATH = "/api/v1/tasks/{task_id}/result"
 RUNNER_NAMESPACE = "faceswap-jobs"
 """Ray namespace of the runner actors."""
 RECORD_NAME = "record.json"
 RESULT_NAME = "result.mp4"
-RESULT_TYPE = "video/mp4"
 JOB_FILE_FIELDS = ("source_image", "target_video", "reference_image")
 STREAM_CHUNK_BYTES = 1024 * 1024
 """Bytes per chunk when uploads are copied into the store and results are streamed out."""
@@ -1012,144 +1009,3 @@ async def _chunks(stream: pa.NativeFile) -> AsyncIterator[bytes]:
             yield chunk
     finally:
         stream.close()
-
-
-def openapi_paths(
-    option_properties: Mapping[str, Any], errors: Mapping[str, Any], operation: Mapping[str, Any]
-) -> dict[str, Any]:
-    """OpenAPI path items of the job routes. ``option_properties``: the swap option form fields;
-    ``errors``: the ingress' error responses by status; ``operation``: extra keys of every operation (e.g.
-    ``security``). Refers to the component schemas ``Error``, ``JobAccepted`` and ``Task``."""
-    binary = {"type": "string", "format": "binary"}
-    json_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    task_id = {
-        "name": "task_id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-    }
-    pick = {code: errors[code] for code in ("401", "403", "429", "503") if code in errors}
-    return {
-        JOBS_PATH: {
-            "post": {
-                "operationId": "submitJob",
-                "summary": "Queue a video job: the source face onto every frame of the target video.",
-                **operation,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "multipart/form-data": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "source_image": {
-                                        **binary,
-                                        "description": "JPEG, PNG or WebP; its largest face is the identity.",
-                                    },
-                                    "target_video": {
-                                        **binary,
-                                        "description": "MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS or FLV "
-                                        "(checked by magic bytes); its audio is kept.",
-                                    },
-                                    "reference_image": {
-                                        **binary,
-                                        "description": "Face to match (face_selector_mode=reference).",
-                                    },
-                                    "enhance_output": {"type": "boolean"},
-                                    "options": {"type": "string", "description": "JSON object of options."},
-                                    **option_properties,
-                                },
-                                "required": ["source_image", "target_video"],
-                            }
-                        }
-                    },
-                },
-                "responses": {
-                    "202": {
-                        "description": "Queued; poll the Location (the task).",
-                        "headers": {"Location": {"schema": {"type": "string"}}},
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/JobAccepted"}}
-                        },
-                    },
-                    **errors,
-                    "400": {
-                        "description": "Missing field, bad option, corrupt or truncated file.",
-                        **json_ref,
-                    },
-                    "413": {
-                        "description": "Body, image, video duration or frame size over the limit.",
-                        **json_ref,
-                    },
-                    "415": {"description": "Not a supported image or video container.", **json_ref},
-                },
-            }
-        },
-        TASK_PATH: {
-            "get": {
-                "operationId": "getTask",
-                "summary": "Status and progress of a video job.",
-                **operation,
-                "parameters": [task_id],
-                "responses": {
-                    "200": {
-                        "description": "The task.",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Task"}}},
-                    },
-                    **pick,
-                    "400": {"description": "Not a valid task id.", **json_ref},
-                    "404": {"description": "No such task.", **json_ref},
-                },
-            }
-        },
-        RESULT_PATH: {
-            "get": {
-                "operationId": "getTaskResult",
-                "summary": "The finished video (streamed).",
-                **operation,
-                "parameters": [task_id],
-                "responses": {
-                    "200": {"description": "The video.", "content": {RESULT_TYPE: {"schema": binary}}},
-                    **pick,
-                    "400": {"description": "Not a valid task id.", **json_ref},
-                    "404": {"description": "No such task.", **json_ref},
-                    "409": {
-                        "description": "The job is not completed (queued, running or failed).",
-                        **json_ref,
-                    },
-                },
-            }
-        },
-    }
-
-
-OPENAPI_SCHEMAS: Mapping[str, Any] = MappingProxyType(
-    {
-        "JobAccepted": {
-            "type": "object",
-            "required": ["task_id", "status"],
-            "properties": {"task_id": {"type": "string"}, "status": {"type": "string", "enum": ["queued"]}},
-        },
-        "Task": {
-            "type": "object",
-            "required": ["task_id", "status", "progress", "error", "result_url"],
-            "properties": {
-                "task_id": {"type": "string"},
-                "status": {"type": "string", "enum": ["queued", "running", "completed", "failed"]},
-                "progress": {"type": "number", "minimum": 0, "maximum": 1},
-                "frames_done": {"type": "integer"},
-                "frames_total": {"type": "integer"},
-                "error": {"type": "string", "nullable": True},
-                "error_code": {"type": "string", "nullable": True},
-                "result_url": {"type": "string", "nullable": True},
-                "attempts": {"type": "integer"},
-                "created_at": {"type": "string", "format": "date-time"},
-                "updated_at": {"type": "string", "format": "date-time"},
-                "started_at": {"type": "string", "format": "date-time", "nullable": True},
-                "finished_at": {"type": "string", "format": "date-time", "nullable": True},
-                "summary": {"type": "object", "nullable": True},
-            },
-        },
-    }
-)
-"""Component schemas the job paths refer to."""

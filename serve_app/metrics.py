@@ -5,11 +5,13 @@ tags and Ray exports them, prefixed with ``ray_``, from every node's metrics age
 ``ray start --metrics-export-port`` / ``ray.init(_metrics_export_port=...)``; KubeRay pods expose it as
 ``metrics``, port 8080). Each replica creates its own objects in ``__init__``:
 
-- ``ray_faceswap_stage_latency_seconds`` (histogram; ``stage`` detect / swap / enhance, ``model``): one
-  model call (detect: one image; swap, enhance: one batched call).
+- ``ray_faceswap_stage_latency_seconds`` (histogram; ``stage`` detect / embed / swap / enhance, ``model``):
+  one batched model call.
 - ``ray_faceswap_batch_size`` (histogram; ``stage``, ``model``): requests served by one batched call.
-- ``ray_faceswap_batch_items`` (histogram; ``stage``, ``model``): images or face crops in one call.
+- ``ray_faceswap_batch_items`` (histogram; ``stage``, ``model``): canvases or face crops in one call.
 - ``ray_faceswap_faces_per_request`` (histogram): faces swapped (or enhanced) per successful swap.
+- ``ray_faceswap_hop_bytes_per_request`` (histogram): array bytes one swap request sent to and received
+  from the model deployments (canvases, crops, identities, results).
 - ``ray_faceswap_requests_total`` (counter; ``route``, ``method``, ``status``): ingress HTTP requests.
 - ``ray_faceswap_errors_total`` (counter; ``code``, ``route``): error responses by error code.
 - ``ray_faceswap_jobs`` (gauge; ``state``): jobs in each state, set through :class:`JobMetrics`.
@@ -23,13 +25,15 @@ from typing import Any, Literal, TypeVar
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-Stage = Literal["detect", "swap", "enhance"]
+Stage = Literal["detect", "embed", "swap", "enhance"]
 T = TypeVar("T")
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 ITEM_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 FACE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
+BYTE_BUCKETS = tuple(2**k for k in range(14, 26))
+"""16 KiB to 32 MiB."""
 JOB_STATES = ("queued", "running", "completed", "failed", "cancelled")
 """States :class:`JobMetrics` always reports (0 when absent); other states are reported as they appear."""
 
@@ -67,7 +71,7 @@ class StageMetrics:
     def __init__(self, stage: Stage, model: str) -> None:
         self._latency = _stage_histogram(
             "faceswap_stage_latency_seconds",
-            "Seconds of one model call (detect: one image; swap, enhance: one batch).",
+            "Seconds of one batched model call.",
             LATENCY_BUCKETS_S,
             stage,
             model,
@@ -77,7 +81,7 @@ class StageMetrics:
         )
         self._batch_items = _stage_histogram(
             "faceswap_batch_items",
-            "Images or face crops in one batched model call.",
+            "Canvases or face crops in one batched model call.",
             ITEM_BUCKETS,
             stage,
             model,
@@ -110,6 +114,11 @@ class IngressMetrics:
             description="Faces swapped (or enhanced) per successful swap request.",
             boundaries=[float(b) for b in FACE_BUCKETS],
         )
+        self._hop_bytes = Histogram(
+            "faceswap_hop_bytes_per_request",
+            description="Array bytes one swap request sent to and received from the model deployments.",
+            boundaries=[float(b) for b in BYTE_BUCKETS],
+        )
 
     def record_request(self, route: str, method: str, status: int, error_code: str | None) -> None:
         self._requests.inc(tags={"route": route, "method": method, "status": str(status)})
@@ -118,6 +127,9 @@ class IngressMetrics:
 
     def record_faces(self, faces: int) -> None:
         self._faces.observe(faces)
+
+    def record_hop_bytes(self, total: int) -> None:
+        self._hop_bytes.observe(total)
 
 
 class JobMetrics:

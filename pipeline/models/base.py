@@ -1,4 +1,5 @@
-"""What the engine needs from each kind of model. Model classes implement these structurally."""
+"""What the in-process ports need from each kind of model. Model classes implement these structurally;
+:mod:`pipeline.inprocess` wraps them into the orchestration's ports (:mod:`pipeline.ports`)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.canvas import CanvasSpec
+from pipeline.ports import IdentityKind, Masks
 from pipeline.types import CropsBGR, Face, ImageBGR
 
 
 class Detector(Protocol):
-    """Finds faces with 5 landmarks."""
+    """Finds faces with 5 landmarks on a canvas (the image shrunk as ``canvas`` says)."""
 
     name: str
+    canvas: CanvasSpec
 
-    def detect(self, image: ImageBGR, score_threshold: float | None = None) -> list[Face]:
-        """Faces in image pixel coordinates, best score first. ``score_threshold`` overrides the default."""
+    def detect_canvas(self, canvas: ImageBGR, score_threshold: float | None = None) -> list[Face]:
+        """Faces in canvas pixels, best score first. ``score_threshold`` overrides the default."""
         ...
 
 
@@ -26,6 +30,7 @@ class Embedder(Protocol):
     name: str
     template: str
     crop_size: int
+    dim: int
 
     def embed_crops(self, crops: CropsBGR) -> npt.NDArray[np.float32]:
         """(N, S, S, 3) BGR crops aligned to ``template`` -> (N, D) float32 L2-normalised."""
@@ -33,21 +38,18 @@ class Embedder(Protocol):
 
 
 class Swapper(Protocol):
-    """Replaces the identity of aligned target crops.
-
-    ``encode_source`` turns the source face into an identity array (any fixed shape per swapper:
-    the inswapper latent, or the aligned source crop for the classical swapper); ``swap_crops``
-    stacks one identity per crop.
-    """
+    """Replaces the identity of aligned target crops with one identity per crop, of kind ``identity``
+    (see :data:`pipeline.ports.IdentityKind`; ``identity_dim`` is the embedding length for ``embedding``)."""
 
     name: str
     template: str
     crop_size: int
+    identity: IdentityKind
+    identity_dim: int | None
 
-    def encode_source(self, image: ImageBGR, face: Face) -> npt.NDArray[np.float32]: ...
-
-    def swap_crops(self, crops: CropsBGR, identities: npt.NDArray[np.float32]) -> CropsBGR:
-        """(N, S, S, 3) BGR target crops, (N, ...) identities -> (N, S, S, 3) BGR swapped crops."""
+    def swap_crops(self, crops: CropsBGR, identities: np.ndarray) -> CropsBGR | tuple[CropsBGR, Masks]:
+        """(N, S, S, 3) BGR target crops, N identities -> (N, S, S, 3) BGR swapped crops, optionally with
+        (N, S, S) float32 masks of where the swap applies."""
         ...
 
 
@@ -59,5 +61,5 @@ class Enhancer(Protocol):
     crop_size: int
 
     def enhance_crops(self, crops: CropsBGR) -> CropsBGR:
-        """(N, S, S, 3) BGR -> (N, S, S, 3) BGR restored (before face_enhancer_blend)."""
+        """(N, S, S, 3) BGR -> (N, S, S, 3) BGR restored."""
         ...

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import numpy.typing as npt
 
 from pipeline.errors import InvalidInputError, InvalidOptionError
-from pipeline.geometry import template_points, warp_face
-from pipeline.types import CropsBGR, Face, ImageBGR, Mask
+from pipeline.geometry import template_points
+from pipeline.types import CropsBGR, ImageBGR, Mask
 
 _BLENDINGS = ("feather", "poisson")
 _STD_FLOOR = 1e-3
@@ -85,10 +84,14 @@ def reinhard_transfer(src_bgr: ImageBGR, ref_bgr: ImageBGR, mask: Mask) -> Image
 class ClassicalSwapper:
     """Swapper without a network: the aligned source face, recoloured and blended into the target.
 
-    ``encode_source`` returns the aligned source crop, so identities are (S, S, 3) float32 BGR in
-    0..255. ``blending``: ``"feather"`` (Gaussian-feathered alpha inside the ellipse) or ``"poisson"``
+    Its identity of a source face is the face itself, aligned like the target crops: identities are
+    (S, S, 3) uint8 BGR crops. ``blending``: ``"feather"`` (Gaussian-feathered alpha inside the ellipse)
+    or ``"poisson"``
     (``cv2.seamlessClone`` NORMAL_CLONE). Either way pixels outside the ellipse keep the target's values.
     """
+
+    identity = "crop"
+    identity_dim = None
 
     def __init__(
         self,
@@ -122,25 +125,19 @@ class ClassicalSwapper:
         eroded = cv2.erode(mask, kernel)
         return np.asarray(cv2.GaussianBlur(eroded, (2 * k + 1, 2 * k + 1), k / 2.5), np.float32)
 
-    def encode_source(self, image: ImageBGR, face: Face) -> npt.NDArray[np.float32]:
-        """(S, S, 3) float32 BGR (0..255): the source face aligned to ``template`` at ``crop_size``."""
-        crop, _ = warp_face(image, face.landmarks, self.template, self.crop_size)
-        return crop.astype(np.float32)
-
-    def swap_crops(self, crops: CropsBGR, identities: npt.NDArray[np.float32]) -> CropsBGR:
-        """(N, S, S, 3) uint8 BGR target crops, (N, S, S, 3) float32 aligned source crops ->
+    def swap_crops(self, crops: CropsBGR, identities: CropsBGR) -> CropsBGR:
+        """(N, S, S, 3) uint8 BGR target crops, (N, S, S, 3) uint8 BGR aligned source crops ->
         (N, S, S, 3) uint8 BGR crops showing the source face in the target's colours."""
         s = self.crop_size
         if crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or crops.dtype != np.uint8:
             raise InvalidInputError(f"crops must be (N, {s}, {s}, 3) uint8, got {crops.shape} {crops.dtype}")
-        if identities.shape != crops.shape:
+        if identities.shape != crops.shape or identities.dtype != np.uint8:
             raise InvalidInputError(
-                f"identities must match crops {crops.shape} (one source crop per target), "
-                f"got {identities.shape}"
+                f"identities must be uint8 crops like {crops.shape} (one source crop per target), "
+                f"got {identities.shape} {identities.dtype}"
             )
-        sources = np.clip(np.rint(identities), 0, 255).astype(np.uint8)
         out = np.empty_like(crops)
-        for i, (target, source) in enumerate(zip(crops, sources, strict=True)):
+        for i, (target, source) in enumerate(zip(crops, identities, strict=True)):
             out[i] = self._swap_one(target, source)
         return out
 

@@ -20,41 +20,22 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from pipeline.errors import InvalidInputError, InvalidOptionError, ModelContractError, ModelNotFoundError
+from pipeline.canvas import CanvasSpec, check_image, faces_to_image, make_canvas, pad_canvas
+from pipeline.errors import InvalidOptionError, ModelContractError, ModelNotFoundError
 from pipeline.geometry import TEMPLATES
 from pipeline.types import Face, ImageBGR, Landmarks5
 
 log = logging.getLogger(__name__)
 
 STRIDES = (8, 16, 32)
+HAAR_CANVAS_SIDE = 1280
+"""The Haar cascades scan images shrunk to at most this long side (faces of 40 px and up)."""
 """Feature-map strides shared by SCRFD and YuNet."""
 
 FloatArray = npt.NDArray[np.float32]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def letterbox(image: ImageBGR, size: tuple[int, int]) -> tuple[ImageBGR, float]:
-    """Resize ``image`` (H, W, 3) uint8, keeping its aspect ratio, to fit ``size`` = (width, height) and
-    place it at the top-left corner of a zero canvas of that size.
-
-    Returns ``(padded, scale)``: padded is (height, width, 3) uint8 in the input's channel order, and a
-    point ``p`` of ``image`` lands at ``p * scale`` in ``padded`` (so detections map back by ``/ scale``).
-    Small images are scaled up.
-    """
-    width, height = int(size[0]), int(size[1])
-    if width <= 0 or height <= 0:
-        raise InvalidOptionError(f"letterbox size must be positive, got {tuple(size)}")
-    _check_image(image)
-    h, w = image.shape[:2]
-    scale = min(width / w, height / h)
-    new_w = min(width, max(1, round(w * scale)))
-    new_h = min(height, max(1, round(h * scale)))
-    interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
-    padded = np.zeros((height, width, 3), np.uint8)
-    padded[:new_h, :new_w] = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
-    return padded, float(scale)
-
-
 def nms(boxes: FloatArray, scores: FloatArray, iou: float) -> npt.NDArray[np.int64]:
     """Greedy non-maximum suppression.
 
@@ -103,15 +84,6 @@ def _grid_centres(rows: int, cols: int, stride: int, anchors: int) -> FloatArray
     ys, xs = np.mgrid[:rows, :cols]
     centres = np.stack([xs, ys], axis=-1).reshape(-1, 2).astype(np.float32) * stride
     return np.repeat(centres, anchors, axis=0)
-
-
-def _check_image(image: ImageBGR) -> None:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        shape = getattr(image, "shape", None)
-        dtype = getattr(image, "dtype", type(image).__name__)
-        raise InvalidInputError(f"expected an (H, W, 3) uint8 BGR image, got shape {shape} dtype {dtype}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise InvalidInputError(f"empty image of shape {image.shape}")
 
 
 def _check_threshold(value: float, what: str) -> float:
@@ -177,30 +149,57 @@ def _head(who: str, name: str, value: np.ndarray, count: int, channels: int) -> 
     return array.astype(np.float32, copy=False)
 
 
-def _faces(
-    boxes: FloatArray, landmarks: FloatArray, scores: FloatArray, nms_iou: float, scale: float
-) -> list[Face]:
-    """NMS in network pixels, then map back to image pixels by ``/ scale``; best score first."""
+def _faces(boxes: FloatArray, landmarks: FloatArray, scores: FloatArray, nms_iou: float) -> list[Face]:
+    """NMS, best score first; canvas pixels (the network input is the canvas padded at the bottom/right)."""
     keep = nms(boxes, scores, nms_iou)
     return [
         Face(
-            bbox=(boxes[i] / scale).astype(np.float32),
-            landmarks=(landmarks[i] / scale).astype(np.float32),
+            bbox=boxes[i].astype(np.float32),
+            landmarks=landmarks[i].astype(np.float32),
             score=float(scores[i]),
         )
         for i in keep
     ]
 
 
+def _pad32(canvas: ImageBGR) -> ImageBGR:
+    """``canvas`` zero-padded at the bottom/right to multiples of 32 (a dynamic-size network's input)."""
+    h, w = canvas.shape[:2]
+    return pad_canvas(canvas, -(-w // 32) * 32, -(-h // 32) * 32)
+
+
+class CanvasDetector:
+    """Base of the detectors: ``canvas`` says how an image is shrunk for the network
+    (:func:`pipeline.canvas.make_canvas`); ``detect_canvas`` finds faces on such a canvas (canvas pixels);
+    ``detect`` does both for a whole image (image pixels)."""
+
+    name: str
+    canvas: CanvasSpec
+    score_threshold: float
+
+    def detect_canvas(self, canvas: ImageBGR, score_threshold: float | None = None) -> list[Face]:
+        """Faces on ``canvas`` (h, w, 3) uint8 BGR fitting :attr:`canvas`, canvas pixels, best score first."""
+        raise NotImplementedError
+
+    def detect(self, image: ImageBGR, score_threshold: float | None = None) -> list[Face]:
+        """Faces in ``image`` (H, W, 3) uint8 BGR, image pixels, best score first."""
+        canvas, scale = make_canvas(image, self.canvas)
+        return faces_to_image(self.detect_canvas(canvas, score_threshold), scale)
+
+    def _threshold(self, score_threshold: float | None) -> float:
+        return self.score_threshold if score_threshold is None else _check_threshold(score_threshold, "score")
+
+
 # ---------------------------------------------------------------------------------------------- SCRFD
 _SCRFD_HEADS = (("score", 1), ("bbox", 4), ("kps", 10))
 
 
-class ScrfdDetector:
+class ScrfdDetector(CanvasDetector):
     """InsightFace SCRFD / RetinaFace-family detector with 5 keypoints (``scrfd_*_bnkps``, ``det_*``).
 
     Network input: RGB, ``(x - 127.5) / 128``, NCHW float32, the image letterboxed at the top-left into
-    ``input_size`` = (width, height), both multiples of 32. Outputs per stride 8/16/32 with 2 anchors per
+    ``input_size`` = (width, height), both multiples of 32 (canvas: that box, small images enlarged).
+    Outputs per stride 8/16/32 with 2 anchors per
     cell: sigmoid scores (N, 1), (l, t, r, b) box distances (N, 4) and keypoint offsets (N, 10), in
     stride units, optionally with a leading batch dimension of 1. Outputs named ``score_<s>``,
     ``bbox_<s>``, ``kps_<s>`` are mapped by name; other names (FaceFusion's numeric exports) by the
@@ -221,6 +220,7 @@ class ScrfdDetector:
         self.name = name
         self.session = session
         self.input_size = _check_input_size(input_size, name)
+        self.canvas = CanvasSpec(*self.input_size, upscale=True)
         self.score_threshold = _check_threshold(score_threshold, "score_threshold")
         self.nms_threshold = _check_threshold(nms_threshold, "nms_threshold")
         self.input_name, fixed_h, fixed_w = _image_input(session, name)
@@ -257,12 +257,10 @@ class ScrfdDetector:
             log.info("%s: numeric output names, mapped in InsightFace order: %s", self.name, names)
         return mapping
 
-    def detect(self, image: ImageBGR, score_threshold: float | None = None) -> list[Face]:
-        """Faces in ``image`` (H, W, 3) uint8 BGR, image pixels, best score first."""
-        threshold = (
-            self.score_threshold if score_threshold is None else _check_threshold(score_threshold, "score")
-        )
-        padded, scale = letterbox(image, self.input_size)
+    def detect_canvas(self, canvas: ImageBGR, score_threshold: float | None = None) -> list[Face]:
+        threshold = self._threshold(score_threshold)
+        check_image(canvas)
+        padded = pad_canvas(canvas, *self.input_size)
         rgb = cv2.cvtColor(padded, cv2.COLOR_BGR2RGB)
         blob = ((rgb.astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)[None]
         order = list(self.output_names.values())
@@ -297,7 +295,6 @@ class ScrfdDetector:
             np.concatenate(landmarks),
             np.concatenate(scores),
             self.nms_threshold,
-            scale,
         )
 
 
@@ -305,7 +302,7 @@ class ScrfdDetector:
 _YUNET_HEADS = (("cls", 1), ("obj", 1), ("bbox", 4), ("kps", 10))
 
 
-class YunetDetector:
+class YunetDetector(CanvasDetector):
     """OpenCV Zoo YuNet through ONNX Runtime (not ``cv2.FaceDetectorYN``).
 
     Network input: BGR float32 with raw 0..255 values, NCHW, height and width multiples of 32. Outputs
@@ -354,6 +351,11 @@ class YunetDetector:
             self.input_size = fixed
         else:
             self.input_size = None if input_size is None else _check_input_size(input_size, name)
+        self.canvas = (
+            CanvasSpec(self.max_side, self.max_side, upscale=False)
+            if self.input_size is None
+            else CanvasSpec(*self.input_size, upscale=True)
+        )
         outputs = {o.name: o.shape for o in session.get_outputs()}
         wanted = [f"{head}_{stride}" for head, _ in _YUNET_HEADS for stride in STRIDES]
         missing = [n for n in wanted if n not in outputs]
@@ -364,28 +366,10 @@ class YunetDetector:
                 _check_output_shape(name, f"{head}_{stride}", outputs[f"{head}_{stride}"], channels)
         self.output_names = wanted
 
-    def _prepare(self, image: ImageBGR) -> tuple[ImageBGR, float]:
-        """The network canvas (H', W', 3) uint8 BGR with H', W' multiples of 32, and image -> canvas scale."""
-        if self.input_size is not None:
-            return letterbox(image, self.input_size)
-        _check_image(image)
-        h, w = image.shape[:2]
-        scale = min(1.0, self.max_side / max(h, w))
-        resized: np.ndarray = image
-        if scale < 1.0:
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        rh, rw = resized.shape[:2]
-        padded = np.zeros((-(-rh // 32) * 32, -(-rw // 32) * 32, 3), np.uint8)
-        padded[:rh, :rw] = resized
-        return padded, scale
-
-    def detect(self, image: ImageBGR, score_threshold: float | None = None) -> list[Face]:
-        """Faces in ``image`` (H, W, 3) uint8 BGR, image pixels, best score first."""
-        threshold = (
-            self.score_threshold if score_threshold is None else _check_threshold(score_threshold, "score")
-        )
-        padded, scale = self._prepare(image)
+    def detect_canvas(self, canvas: ImageBGR, score_threshold: float | None = None) -> list[Face]:
+        threshold = self._threshold(score_threshold)
+        check_image(canvas)
+        padded = _pad32(canvas) if self.input_size is None else pad_canvas(canvas, *self.input_size)
         blob = padded.astype(np.float32).transpose(2, 0, 1)[None]
         values = dict(
             zip(self.output_names, self.session.run(self.output_names, {self.input_name: blob}), strict=True)
@@ -416,7 +400,6 @@ class YunetDetector:
             np.concatenate(landmarks).astype(np.float32),
             np.concatenate(scores).astype(np.float32),
             self.nms_threshold,
-            scale,
         )
 
 
@@ -429,7 +412,7 @@ def _similarity_from_two(src: FloatArray, dst: FloatArray) -> tuple[complex, com
     return a, d0 - a * s0
 
 
-class HaarDetector:
+class HaarDetector(CanvasDetector):
     """The classical ``lite`` detector: OpenCV's bundled Haar cascades, no download, no ONNX.
 
     Faces: ``haarcascade_frontalface_default.xml`` on the histogram-equalised grey image. Landmarks:
@@ -463,6 +446,7 @@ class HaarDetector:
         if int(min_face) != min_face or min_face < 20:
             raise InvalidOptionError(f"{name}: min_face must be an integer >= 20 pixels, got {min_face}")
         self.name = name
+        self.canvas = CanvasSpec(HAAR_CANVAS_SIDE, HAAR_CANVAS_SIDE, upscale=False)
         self.min_face = int(min_face)
         self.score_threshold = _check_threshold(score_threshold, "score_threshold")
         self.nms_threshold = _check_threshold(nms_threshold, "nms_threshold")
@@ -495,13 +479,10 @@ class HaarDetector:
         finally:
             storage.release()
 
-    def detect(self, image: ImageBGR, score_threshold: float | None = None) -> list[Face]:
-        """Faces in ``image`` (H, W, 3) uint8 BGR, image pixels, best score first."""
-        threshold = (
-            self.score_threshold if score_threshold is None else _check_threshold(score_threshold, "score")
-        )
-        _check_image(image)
-        grey = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    def detect_canvas(self, canvas: ImageBGR, score_threshold: float | None = None) -> list[Face]:
+        threshold = self._threshold(score_threshold)
+        check_image(canvas)
+        grey = cv2.equalizeHist(cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY))
         with self._lock:
             found, _, weights = self._faces.detectMultiScale3(
                 grey,
@@ -589,6 +570,6 @@ __all__ = [
     "YunetDetector",
     "distance2bbox",
     "distance2kps",
-    "letterbox",
+    "CanvasDetector",
     "nms",
 ]

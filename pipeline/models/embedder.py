@@ -13,9 +13,8 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from pipeline.errors import ModelContractError
-from pipeline.geometry import warp_face
 from pipeline.models.onnx_io import batch_axis, check_crops, l2_normalise, run_batched
-from pipeline.types import CropsBGR, Embedding, Face, ImageBGR
+from pipeline.types import CropsBGR
 
 
 class ArcFaceEmbedder:
@@ -85,8 +84,3 @@ class ArcFaceEmbedder:
             return np.zeros((0, self.dim), np.float32)
         raw = run_batched(self._session, self._output, {self._input: self._blob(crops)}, self._fixed_batch)
         return l2_normalise(raw.astype(np.float32).reshape(len(crops), self.dim))
-
-    def embed_face(self, image: ImageBGR, face: Face) -> Embedding:
-        """(D,) float32 L2-normalised embedding of ``face`` in ``image`` (warped with its landmarks)."""
-        crop, _ = warp_face(image, face.landmarks, self.template, self.crop_size)
-        return self.embed_crops(crop[None])[0]

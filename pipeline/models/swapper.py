@@ -1,4 +1,4 @@
-"""InsightFace inswapper_128: aligned 128x128 target crop + source identity latent -> swapped crop."""
+"""InsightFace inswapper_128: aligned 128x128 target crop + source ArcFace embedding -> swapped crop."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from pipeline.errors import InvalidInputError, ModelContractError
-from pipeline.models.embedder import ArcFaceEmbedder
 from pipeline.models.onnx_io import batch_axis, check_crops, l2_normalise, run_batched
-from pipeline.types import CropsBGR, Face, ImageBGR
+from pipeline.types import CropsBGR
 
 EMAP_SHAPE = (512, 512)
 
@@ -48,16 +47,17 @@ class InswapperSwapper:
 
     Graph contract: inputs ``target`` (N, 3, 128, 128) RGB float in [0, 1] and ``source`` (N, 512)
     latent, one output (N, 3, 128, 128) RGB in [0, 1]; float32 or float16 inputs; N dynamic (one call
-    per batch) or fixed 1 (one call per crop). The identity of a source face is its latent, (512,)
-    float32: ``normalize(normalize(embedding) @ emap)`` (InsightFace), with ``embedder`` an ArcFace
-    w600k_r50 whose embeddings the model was trained on.
+    per batch) or fixed 1 (one call per crop). The identity of a source face is its (512,) ArcFace
+    w600k_r50 embedding (the model was trained on those); the latent fed to the graph is
+    ``normalize(normalize(embedding) @ emap)`` (InsightFace).
     """
+
+    identity = "embedding"
 
     def __init__(
         self,
         session: ort.InferenceSession,
         emap: npt.NDArray[np.float32],
-        embedder: ArcFaceEmbedder,
         *,
         name: str = "inswapper_128",
         template: str = "arcface_128",
@@ -66,11 +66,6 @@ class InswapperSwapper:
         emap = np.asarray(emap, np.float32)
         if emap.shape != EMAP_SHAPE:
             raise ModelContractError(f"{name}: emap has shape {emap.shape}, expected {EMAP_SHAPE}")
-        if embedder.dim != EMAP_SHAPE[0]:
-            raise ModelContractError(
-                f"{name}: embedder {embedder.name!r} gives {embedder.dim}-d embeddings, "
-                f"the emap takes {EMAP_SHAPE[0]}"
-            )
         inputs = {i.name: i for i in session.get_inputs()}
         outputs = session.get_outputs()
         if set(inputs) != {"target", "source"} or len(outputs) != 1:
@@ -101,7 +96,8 @@ class InswapperSwapper:
         self._output = outputs[0].name
         self._session = session
         self._emap = emap
-        self._embedder = embedder
+        self.identity_dim = EMAP_SHAPE[0]
+        """Length of the source embedding this swapper takes."""
         self.name = name
         self.template = template
         self.crop_size = crop_size
@@ -113,27 +109,20 @@ class InswapperSwapper:
             raise InvalidInputError(f"{self.name}: embedding must be (512,) or (N, 512), got {e.shape}")
         return l2_normalise(l2_normalise(e) @ self._emap)
 
-    def encode_source(self, image: ImageBGR, face: Face) -> npt.NDArray[np.float32]:
-        """(512,) float32 latent of ``face`` in ``image``.
-
-        Always embeds with this swapper's embedder: ``face.embedding`` may come from another model
-        (the matcher's), and the latent is only meaningful for the embedder the swapper was trained with.
-        """
-        return self.latent(self._embedder.embed_face(image, face))
-
     def swap_crops(self, crops: CropsBGR, identities: npt.NDArray[np.float32]) -> CropsBGR:
-        """(N, 128, 128, 3) BGR uint8 target crops, (N, 512) float32 latents -> (N, 128, 128, 3) BGR uint8."""
+        """(N, 128, 128, 3) BGR uint8 target crops, (N, 512) float32 source embeddings -> (N, 128, 128, 3)
+        BGR uint8 swapped crops."""
         s = self.crop_size
         check_crops(self.name, crops, s)
-        if identities.shape != (len(crops), EMAP_SHAPE[1]):
+        if identities.shape != (len(crops), EMAP_SHAPE[0]):
             raise InvalidInputError(
-                f"{self.name}: identities must be ({len(crops)}, {EMAP_SHAPE[1]}), got {identities.shape}"
+                f"{self.name}: identities must be ({len(crops)}, {EMAP_SHAPE[0]}), got {identities.shape}"
             )
         if len(crops) == 0:
             return np.zeros((0, s, s, 3), np.uint8)
         rgb_nchw = crops[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
         target = np.ascontiguousarray(rgb_nchw, dtype=self._target_dtype)
-        source = np.ascontiguousarray(identities, dtype=self._source_dtype)
+        source = np.ascontiguousarray(self.latent(identities), dtype=self._source_dtype)
         out = run_batched(
             self._session, self._output, {"target": target, "source": source}, self._fixed_batch
         )

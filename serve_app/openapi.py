@@ -1,0 +1,385 @@
+"""The OpenAPI 3 document of the ingress, generated: every swap option's schema (type, range, default,
+choices, description) comes from :func:`pipeline.options.option_facts`, i.e. from the one typed definition
+:class:`pipeline.options.SwapOptions`. The try-it page builds its form from this document too."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from pipeline.options import OptionFact, option_facts
+from serve_app.auth import API_KEY_HEADER
+from serve_app.routes import (
+    API_VERSION,
+    JOBS_PATH,
+    JPEG_TYPE,
+    JSON_TYPE,
+    PNG_TYPE,
+    RESULT_PATH,
+    RESULT_TYPE,
+    SWAP_PATH,
+    TASK_PATH,
+)
+
+
+def option_schema(fact: OptionFact) -> dict[str, Any]:
+    """The multipart form field of one option. Lists are sent as one comma-separated (or JSON) field."""
+    schema: dict[str, Any] = {"description": fact.description}
+    if fact.kind == "list":
+        schema["type"] = "string"
+        if fact.choices:
+            schema["description"] += f" Comma-separated, any of: {', '.join(fact.choices)}."
+        else:
+            schema["description"] += " Comma-separated integers."
+    else:
+        schema["type"] = fact.kind
+    if fact.kind == "string" and fact.choices:
+        schema["enum"] = list(fact.choices)
+    if fact.minimum is not None:
+        schema["minimum"] = fact.minimum
+    if fact.maximum is not None:
+        schema["maximum"] = fact.maximum
+    if isinstance(fact.default, tuple):
+        schema["default"] = ",".join(str(v) for v in fact.default)
+    elif fact.default is not None:
+        schema["default"] = fact.default
+    return schema
+
+
+def option_schemas() -> dict[str, dict[str, Any]]:
+    """Form-field schemas of every swap option, in definition order."""
+    return {fact.name: option_schema(fact) for fact in option_facts()}
+
+
+def job_paths(
+    option_properties: Mapping[str, Any], errors: Mapping[str, Any], operation: Mapping[str, Any]
+) -> dict[str, Any]:
+    """OpenAPI path items of the job routes. ``option_properties``: the swap option form fields;
+    ``errors``: the ingress' error responses by status; ``operation``: extra keys of every operation (e.g.
+    ``security``). Refers to the component schemas ``Error``, ``JobAccepted`` and ``Task``."""
+    binary = {"type": "string", "format": "binary"}
+    json_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    task_id = {
+        "name": "task_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    }
+    pick = {code: errors[code] for code in ("401", "403", "429", "503") if code in errors}
+    return {
+        JOBS_PATH: {
+            "post": {
+                "operationId": "submitJob",
+                "summary": "Queue a video job: the source face onto every frame of the target video.",
+                **operation,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "source_image": {
+                                        **binary,
+                                        "description": "JPEG, PNG or WebP; its largest face is the identity.",
+                                    },
+                                    "target_video": {
+                                        **binary,
+                                        "description": "MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS or FLV "
+                                        "(checked by magic bytes); its audio is kept.",
+                                    },
+                                    "reference_image": {
+                                        **binary,
+                                        "description": "Face to match (face_selector_mode=reference).",
+                                    },
+                                    "enhance_output": {"type": "boolean"},
+                                    "options": {"type": "string", "description": "JSON object of options."},
+                                    **option_properties,
+                                },
+                                "required": ["source_image", "target_video"],
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": {
+                        "description": "Queued; poll the Location (the task).",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/JobAccepted"}}
+                        },
+                    },
+                    **errors,
+                    "400": {
+                        "description": "Missing field, bad option, corrupt or truncated file.",
+                        **json_ref,
+                    },
+                    "413": {
+                        "description": "Body, image, video duration or frame size over the limit.",
+                        **json_ref,
+                    },
+                    "415": {"description": "Not a supported image or video container.", **json_ref},
+                },
+            }
+        },
+        TASK_PATH: {
+            "get": {
+                "operationId": "getTask",
+                "summary": "Status and progress of a video job.",
+                **operation,
+                "parameters": [task_id],
+                "responses": {
+                    "200": {
+                        "description": "The task.",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Task"}}},
+                    },
+                    **pick,
+                    "400": {"description": "Not a valid task id.", **json_ref},
+                    "404": {"description": "No such task.", **json_ref},
+                },
+            }
+        },
+        RESULT_PATH: {
+            "get": {
+                "operationId": "getTaskResult",
+                "summary": "The finished video (streamed).",
+                **operation,
+                "parameters": [task_id],
+                "responses": {
+                    "200": {"description": "The video.", "content": {RESULT_TYPE: {"schema": binary}}},
+                    **pick,
+                    "400": {"description": "Not a valid task id.", **json_ref},
+                    "404": {"description": "No such task.", **json_ref},
+                    "409": {
+                        "description": "The job is not completed (queued, running or failed).",
+                        **json_ref,
+                    },
+                },
+            }
+        },
+    }
+
+
+JOB_SCHEMAS: Mapping[str, Any] = MappingProxyType(
+    {
+        "JobAccepted": {
+            "type": "object",
+            "required": ["task_id", "status"],
+            "properties": {"task_id": {"type": "string"}, "status": {"type": "string", "enum": ["queued"]}},
+        },
+        "Task": {
+            "type": "object",
+            "required": ["task_id", "status", "progress", "error", "result_url"],
+            "properties": {
+                "task_id": {"type": "string"},
+                "status": {"type": "string", "enum": ["queued", "running", "completed", "failed"]},
+                "progress": {"type": "number", "minimum": 0, "maximum": 1},
+                "frames_done": {"type": "integer"},
+                "frames_total": {"type": "integer"},
+                "error": {"type": "string", "nullable": True},
+                "error_code": {"type": "string", "nullable": True},
+                "result_url": {"type": "string", "nullable": True},
+                "attempts": {"type": "integer"},
+                "created_at": {"type": "string", "format": "date-time"},
+                "updated_at": {"type": "string", "format": "date-time"},
+                "started_at": {"type": "string", "format": "date-time", "nullable": True},
+                "finished_at": {"type": "string", "format": "date-time", "nullable": True},
+                "summary": {"type": "object", "nullable": True},
+            },
+        },
+    }
+)
+"""Component schemas the job paths refer to."""
+
+
+def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool = False) -> dict[str, Any]:
+    """OpenAPI 3.0 description of the ingress routes; with ``auth`` the ``/api/`` operations require an API
+    key (bearer or ``X-API-Key``) and document 401 and 403, with ``rate_limit`` also 429."""
+    image = {
+        "type": "string",
+        "format": "binary",
+        "description": "JPEG, PNG or WebP (checked by magic bytes).",
+    }
+    form_properties: dict[str, Any] = {
+        "source_image": {
+            **image,
+            "description": "Image whose largest face is the identity. Required when face_swapper runs.",
+        },
+        "target_image": {**image, "description": "Image whose faces are replaced."},
+        "reference_image": {
+            **image,
+            "description": "Face to match in the target (face_selector_mode=reference).",
+        },
+        "enhance_output": {
+            "type": "boolean",
+            "description": "Add or remove face_enhancer from frame_processors.",
+        },
+        "options": {"type": "string", "description": "JSON object with any of the option fields below."},
+        **option_schemas(),
+    }
+    error = {"content": {JSON_TYPE: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    errors = {
+        "400": {"description": "Missing field, bad option or corrupt image.", **error},
+        "413": {"description": "Body or image pixel count over the limit.", **error},
+        "415": {"description": "Not a JPEG, PNG or WebP image, or not multipart/form-data.", **error},
+        "422": {"description": "No face found, or an option the deployed models cannot honour.", **error},
+        "503": {"description": "Overloaded or a model deployment unavailable; see Retry-After.", **error},
+    }
+    security: dict[str, Any] = {}
+    security_schemes: dict[str, Any] = {}
+    if auth:
+        errors["401"] = {
+            "description": "No API key; the response carries WWW-Authenticate: Bearer.",
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+            **error,
+        }
+        errors["403"] = {"description": "The API key is not valid.", **error}
+        if rate_limit:
+            errors["429"] = {
+                "description": "The API key is over its request rate; see Retry-After (seconds).",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                **error,
+            }
+        security = {"security": [{"bearerAuth": []}, {"apiKeyHeader": []}]}
+        security_schemes = {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Authorization: Bearer <key>",
+                },
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
+            }
+        }
+    status = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "faceswap-serve",
+            "version": API_VERSION,
+            "description": "Face swapping on Ray Serve.",
+        },
+        "servers": [{"url": server_url}],
+        "paths": {
+            SWAP_PATH: {
+                "post": {
+                    "operationId": "swap",
+                    "summary": "Swap the source face onto the target image's faces.",
+                    **security,
+                    "parameters": [
+                        {
+                            "name": "X-Request-ID",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": "Echoed in the response header and body; generated when absent.",
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": form_properties,
+                                    "required": ["target_image"],
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The swapped image: JSON, or bytes when Accept asks for an image.",
+                            "content": {
+                                JSON_TYPE: {"schema": {"$ref": "#/components/schemas/SwapResponse"}},
+                                JPEG_TYPE: {"schema": {"type": "string", "format": "binary"}},
+                                PNG_TYPE: {"schema": {"type": "string", "format": "binary"}},
+                            },
+                        },
+                        **errors,
+                    },
+                }
+            },
+            **job_paths(option_schemas(), errors, security),
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "Liveness of this ingress replica.",
+                    "responses": {"200": {"description": "Up.", "content": {JSON_TYPE: {"schema": status}}}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Every model deployment answers.",
+                    "responses": {
+                        "200": {"description": "Ready.", "content": {JSON_TYPE: {"schema": status}}},
+                        "503": {"description": "Not ready.", **error},
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document.",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3 document.",
+                            "content": {JSON_TYPE: {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            "/": {
+                "get": {
+                    "operationId": "page",
+                    "summary": "A page to try a swap from a browser.",
+                    "responses": {
+                        "200": {
+                            "description": "HTML page.",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            **security_schemes,
+            "schemas": {
+                "SwapResponse": {
+                    "type": "object",
+                    "required": [
+                        "success",
+                        "message",
+                        "result_image",
+                        "request_id",
+                        "faces_swapped",
+                        "components",
+                    ],
+                    "properties": {
+                        "success": {"type": "boolean", "enum": [True]},
+                        "message": {"type": "string"},
+                        "result_image": {"type": "string", "description": "data:image/jpeg;base64,..."},
+                        "request_id": {"type": "string"},
+                        "faces_swapped": {"type": "integer", "minimum": 1},
+                        "components": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string", "nullable": True},
+                        },
+                    },
+                },
+                **JOB_SCHEMAS,
+                "Error": {
+                    "type": "object",
+                    "required": ["success", "error", "code", "request_id"],
+                    "properties": {
+                        "success": {"type": "boolean", "enum": [False]},
+                        "error": {"type": "string"},
+                        "code": {"type": "string"},
+                        "request_id": {"type": "string"},
+                    },
+                },
+            },
+        },
+    }
