@@ -1,11 +1,15 @@
-"""The Ray Data batch job end to end on the real test videos: timing, audio, frame order, the swapped face
-region, Parquet, folders of frames, the command line and typed errors."""
+"""The Ray Data batch job: its frames equal the in-process orchestration's (losslessly, through the Parquet
+PNG frames), in order, with the audio, the provenance label, Parquet and pyarrow.fs paths; typed errors
+from the driver and from the Ray workers; the decode stage, the sink and the command line on their own."""
 
 from __future__ import annotations
 
-import io
+import argparse
+import asyncio
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -15,29 +19,21 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 
-from pipeline.engine import crops_for
 from pipeline.errors import InvalidInputError, InvalidOptionError, NoFaceError, UnsupportedMediaError
-from pipeline.geometry import box_mask, face_region_mask
+from pipeline.imageio import read_image_file
 from pipeline.options import SwapOptions
-from pipeline.profiles import PipelineConfig, build_pipeline
+from pipeline.orchestration import SwapOrchestrator
+from pipeline.profiles import PipelineConfig, build_models
 from pipeline.provenance import read_video_label
-from pipeline.testmodels import CONSTANT_SWAP_RGB
-from pipeline.video import probe_video, read_frames
-from serve_app import batch
-from serve_app.batch import (
-    BatchJobConfig,
-    DecodeFrames,
-    FrameChunk,
-    FrameProgress,
-    FrameSource,
-    decode_video_chunk,
-    main,
-    plan_video_pieces,
-    resolve_uri,
-    run_batch_job,
-)
+from pipeline.video import iter_frame_batches, probe_video, read_frames
+from serve_app.batch import BatchJobConfig, add_batch_arguments, main, run_batch_job
+from serve_app.batch import storage as batch_storage
+from serve_app.batch.cli import build_parser, config_from_args
+from serve_app.batch.decode import FrameSource, decode_frames
+from serve_app.batch.sink import write_outputs
+from serve_app.batch.storage import resolve_uri
+from serve_app.batch.targets import plan_targets
 
 REPO = Path(__file__).resolve().parents[1]
 AAC = "astronaut_pan_zoom_640x480_25fps_h264_aac.mp4"
@@ -46,8 +42,6 @@ SOURCE = "codait_luciano_cc0.png"
 FOLDER_FRAMES = 12
 BLANK_FRAME = 5
 """Index of the flat grey (faceless) frame in the folder-of-frames target."""
-CONSTANT_BGR = np.array([round(c * 255) for c in reversed(CONSTANT_SWAP_RGB)])
-"""What ``inswapper_constant`` paints, as BGR uint8 values."""
 
 pytestmark = [pytest.mark.assets]
 
@@ -61,25 +55,26 @@ def _audio_samples(path: Path | str) -> np.ndarray:
         return np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
 
 
-def _mean_abs(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
-    return float(np.abs(a.astype(np.int32) - b.astype(np.int32))[where].mean())
+def _png_frames(parquet: Path) -> list[np.ndarray]:
+    table = pq.read_table(parquet, columns=["image_png"])
+    return [
+        cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR) for png in table["image_png"].to_pylist()
+    ]
+
+
+def _ignore_progress(done: int, total: int) -> None:
+    """A progress callback that draws nothing."""
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
     """A local Ray with 2 CPUs and one logical GPU for this module (another module's Ray is shut down)."""
+    import ray
+
     if ray.is_initialized():
         ray.shutdown()
-    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
-        address="local",
-        num_cpus=2,
-        num_gpus=1,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": python_path}},
-    )
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:
@@ -88,14 +83,13 @@ def ray_local() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def models(assets: Path, test_models: dict[str, Path]) -> PipelineConfig:
-    """Real YuNet detector + the constant test swapper: the swapped face region is a flat known colour."""
+    """Real YuNet detector + the test ArcFace and the constant test swapper."""
     return PipelineConfig(
         overrides={
             "detector": str(assets / "models" / "face_detection_yunet_2026may.onnx"),
             "embedder": str(test_models["arcface"]),
             "swapper": str(test_models["inswapper_constant"]),
         },
-        use_shared_assets=False,
         enhance=False,
     )
 
@@ -118,7 +112,7 @@ def frames_dir(assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def job(ray_local, assets: Path, models: PipelineConfig, frames_dir: Path, tmp_path_factory):
     """One job over a video (file:// URI, with audio) and a folder of frames: two swap actors sharing the
-    one GPU (num_gpus=0.5, so num_cpus=0), batches of 4."""
+    one logical GPU (num_gpus=0.5, so no CPU each), batches of 4, Parquet with the PNG frames."""
     out = tmp_path_factory.mktemp("job_out")
     calls: list[tuple[int, int]] = []
     config = BatchJobConfig(
@@ -130,82 +124,108 @@ def job(ray_local, assets: Path, models: PipelineConfig, frames_dir: Path, tmp_p
         num_actors=2,
         num_gpus=0.5,
         crf=12,
-        preset="veryfast",
+        preset="ultrafast",
         write_parquet=True,
+        parquet_images=True,
     )
     result = run_batch_job(config, progress=lambda done, total: calls.append((done, total)))
-    return result, out, calls
+    return config, result, out, calls
 
 
-@pytest.fixture(scope="module")
-def face_regions(assets: Path, models: PipelineConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per source frame of the audio video: (pixels paste-back may touch, pixels fully inside the mask),
-    from an in-process detection with the job's models."""
-    pipeline = build_pipeline(models)
-    options = SwapOptions()
-    mask = box_mask(pipeline.swapper.crop_size, options.face_mask_blur, options.face_mask_padding)
-    regions = []
-    for frame in read_frames(_video(assets, AAC)):
-        faces = pipeline.target_faces(frame.image, options)
-        _, affines = crops_for(frame.image, faces, pipeline.swapper.template, pipeline.swapper.crop_size)
-        region = face_region_mask(frame.image.shape, affines[0], mask)
-        regions.append((region > 0, region >= 0.999))
-    return regions
+def _in_process(config: BatchJobConfig, frames: list[np.ndarray], assets: Path) -> list[np.ndarray]:
+    """The same frames through the one orchestration with in-process ports, in one process."""
+    orchestrator = SwapOrchestrator(build_models(config.actor_pipeline).ports())
+    options = config.options
+    identity = asyncio.run(
+        orchestrator.source_identity(read_image_file(str(assets / "images" / SOURCE)), options)
+    )
+    out: list[np.ndarray] = []
+    for batch in iter_frame_batches(frames, config.batch_size):
+        out += [r.image for r in asyncio.run(orchestrator.swap_frames(batch, identity, options))]
+    return out
 
 
-# -- decoding plan (no Ray) -------------------------------------------------------------------------------
-def _pieces(info_and_pieces, target: int = 0) -> list[dict[str, np.ndarray]]:
-    """Piece rows as the decode stage gets them (one per task)."""
-    _, pieces = info_and_pieces
-    return [
-        {
-            "target": np.array([target]),
-            "start": np.array([p.start]),
-            "count": np.array([p.count]),
-            "start_pts": np.array([-1 if p.start_pts is None else p.start_pts]),
-        }
-        for p in pieces
-    ]
+# -- the decode stage, the sink and the plan (no Ray) ------------------------------------------------------
+def test_decode_stage_yields_every_frame_in_order_in_batches(assets, frames_dir):
+    video = _video(assets, AAC)
+    reference = list(read_frames(video))
+    files = tuple(str(p) for p in sorted(frames_dir.glob("*.png")))
+    sources = [FrameSource("video", str(video)), FrameSource("frames", str(frames_dir), files, Fraction(10))]
+    batches = list(decode_frames({"target": np.array([0, 1])}, sources=sources, batch_size=8))
+    assert [len(b["index"]) for b in batches] == [8] * 9 + [3] + [8, 4]
+    video_rows = [b for b in batches if b["target"][0] == 0]
+    assert np.concatenate([b["index"] for b in video_rows]).tolist() == list(range(75))
+    assert np.concatenate([b["pts"] for b in video_rows]).tolist() == [f.pts for f in reference]
+    images = np.concatenate([b["image"] for b in video_rows])
+    assert images.shape == (75, 480, 640, 3) and images.dtype == np.uint8
+    assert all(np.array_equal(images[i], f.image) for i, f in enumerate(reference))
+    folder = [b for b in batches if b["target"][0] == 1]
+    assert np.concatenate([b["time_s"] for b in folder]).tolist() == pytest.approx(
+        [i / 10 for i in range(12)]
+    )
 
 
-def _decoded(decoder: DecodeFrames, rows: list[dict[str, np.ndarray]]) -> list[tuple[int, int, np.ndarray]]:
-    return [
-        (int(index), int(pts), image)
-        for row in rows
-        for index, pts, image in zip(*(decoder(row)[k] for k in ("index", "pts", "image")), strict=True)
-    ]
+def _swapped_batch(target: int, start: int, n: int, faces: int = 1) -> dict[str, np.ndarray]:
+    images = np.stack([np.full((48, 64, 3), (start + i) * 40, np.uint8) for i in range(n)])
+    return {
+        "target": np.full(n, target, np.int32),
+        "index": np.arange(start, start + n, dtype=np.int64),
+        "pts": np.arange(start, start + n, dtype=np.int64) * 512,
+        "time_s": np.arange(start, start + n) / 25.0,
+        "image": images,
+        "faces": np.full(n, faces, np.int32),
+        "boxes": np.tile(np.array([1, 2, 30, 40] * faces, np.float32), (n, 1)),
+        "scores": np.full((n, faces), 0.9, np.float32),
+        "components": np.array([json.dumps({"profile": "custom", "swapper": "x", "enhancer": None})] * n),
+    }
 
 
-def test_decode_stage_gives_read_frames_exactly_in_order_and_after_seeks(assets):
-    path = _video(assets, AAC)
-    reference = list(read_frames(path))
-    planned = plan_video_pieces(path, piece_frames=8)
-    assert [(p.start, p.count) for p in planned[1]] == [(s, min(8, 75 - s)) for s in range(0, 75, 8)]
-    assert [p.start_pts for p in planned[1]] == [reference[s].pts for s in range(0, 75, 8)]
-    source = FrameSource("video", str(path), (), (640, 480), Fraction(25))
-    rows = _pieces(planned)
-    in_order = _decoded(DecodeFrames([source]), rows)
-    assert [(i, pts) for i, pts, _ in in_order] == [(f.index, f.pts) for f in reference]
-    assert all(np.array_equal(image, f.image) for (_, _, image), f in zip(in_order, reference, strict=True))
-    # pieces out of order: each jump is a keyframe seek (keyframes every 25 frames, B-frames between)
-    shuffled = [rows[i] for i in (5, 1, 9, 0, 4)]
-    for i, pts, image in _decoded(DecodeFrames([source]), shuffled):
-        assert pts == reference[i].pts and np.array_equal(image, reference[i].image)
-    past_the_end = {**rows[-1], "count": np.array([8])}
-    with pytest.raises(InvalidInputError, match="only 3 of the 8 frames from frame 72"):
-        DecodeFrames([source])(past_the_end)
+def test_sink_writes_in_order_reports_progress_and_deletes_a_failed_target(tmp_path):
+    source = tmp_path / "a.mp4"
+    with av.open(str(source), "w") as container:  # a target to plan: 64x48, 6 frames
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="bgr24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    config = BatchJobConfig(source_image="s.png", targets=(str(source),), output=str(tmp_path / "out"), crf=0)
+    plans = plan_targets(config, tmp_path / "staging")
+    calls: list[tuple[int, int]] = []
+    written = write_outputs(
+        [_swapped_batch(0, 0, 4), _swapped_batch(0, 4, 2, faces=0)],
+        plans,
+        config,
+        tmp_path,
+        lambda *c: calls.append(c),
+    )
+    assert calls == [(0, 6), (4, 6), (6, 6)]  # as each batch arrives, then at the end
+    (result,) = written.targets
+    assert (result.frames, result.faces_swapped, result.frames_without_face) == (6, 4, 2)
+    assert written.components["swapper"] == "x"
+    out = tmp_path / "out" / "a.mp4"
+    levels = [int(f.image[0, 0, 0]) for f in read_frames(out)]
+    assert np.abs(np.array(levels) - [0, 40, 80, 120, 160, 200]).max() <= 8  # in order (YUV rounding)
+    assert read_video_label(out).models == {"profile": "custom", "swapper": "x"}
+    with pytest.raises(RuntimeError, match="out of order"):
+        write_outputs(
+            [_swapped_batch(0, 0, 2), _swapped_batch(0, 3, 2)], plans, config, tmp_path, _ignore_progress
+        )
+    assert not out.exists()
 
 
-def test_decode_chunk_with_and_without_pts(assets):
-    path = _video(assets, AAC)
-    reference = list(read_frames(path))
-    for chunk in (FrameChunk(30, 7, reference[30].pts), FrameChunk(30, 7, None)):
-        frames = list(decode_video_chunk(path, chunk))
-        assert [f.index for f in frames] == list(range(30, 37))
-        assert all(f.pts == reference[f.index].pts for f in frames)
-        assert all(np.array_equal(f.image, reference[f.index].image) for f in frames)
-    with pytest.raises(InvalidInputError, match="only 5 of 10 frames"):
-        list(decode_video_chunk(path, FrameChunk(70, 10, reference[70].pts)))
+def test_plan_resolves_outputs_and_refuses_collisions(assets, tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(_video(assets, AAC).read_bytes())
+    config = BatchJobConfig(source_image="s.png", targets=(f"file://{video}",), output=str(tmp_path / "o"))
+    (plan,) = plan_targets(config, tmp_path / "staging")
+    assert plan.output == str(tmp_path / "o" / "clip.mp4") and plan.has_audio and plan.frames == 75
+    in_place = BatchJobConfig(source_image="s.png", targets=(str(video),), output=f"file://{tmp_path}")
+    with pytest.raises(InvalidOptionError, match="overwrite its own input"):
+        plan_targets(in_place, tmp_path / "staging")
 
 
 def test_resolve_uri_local_paths_and_file_uris(tmp_path):
@@ -218,17 +238,22 @@ def test_resolve_uri_local_paths_and_file_uris(tmp_path):
         resolve_uri("nosuchscheme://bucket/x.mp4")
 
 
-def test_config_is_validated(tmp_path):
+def test_config_is_validated_and_sizes_the_actor_thread_pools(tmp_path):
     base = {"source_image": "s.png", "targets": ("a.mp4",), "output": str(tmp_path)}
     assert BatchJobConfig(**{**base, "targets": "a.mp4"}).targets == ("a.mp4",)
     assert BatchJobConfig(**base, num_gpus=0.25).actor_resources == {"num_cpus": 0.0, "num_gpus": 0.25}
     assert BatchJobConfig(**base).actor_resources == {"num_cpus": 1.0, "num_gpus": 0.0}
+    session = BatchJobConfig(**base, cpus_per_actor=1.5).actor_pipeline.session
+    assert (session.intra_op_threads, session.spin) == (2, False)
+    assert BatchJobConfig(**base, intra_op_threads=3).actor_pipeline.session.intra_op_threads == 3
+    assert BatchJobConfig(**base, options=SwapOptions().with_enhance(True)).actor_pipeline.enhance
     bad = [
         {"targets": ()},
         {"targets": ("a.mp4", "a.mp4")},
         {"targets": ("a.mp4", "b.mp4"), "output": "out.mp4"},
         {"batch_size": 0},
         {"num_actors": 0},
+        {"intra_op_threads": -1},
         {"num_gpus": -1.0},
         {"num_gpus": 1.5},
         {"crf": 60},
@@ -241,22 +266,7 @@ def test_config_is_validated(tmp_path):
             BatchJobConfig(**{**base, **change})
 
 
-def test_progress_bar_shows_frames_percent_and_fps():
-    stream = io.StringIO()
-    clock = iter([0.0, 2.0, 2.1, 4.0])
-    bar = FrameProgress(stream, min_interval=0.5, width=10, clock=lambda: next(clock))
-    bar(0, 60)
-    bar(20, 60)
-    bar(21, 60)  # within min_interval: not drawn
-    bar(60, 60)
-    lines = stream.getvalue().split("\r")[1:]
-    assert len(lines) == 3
-    assert "20/60" in lines[1] and "33.3%" in lines[1] and "10.0 fps" in lines[1] and "ETA 4s" in lines[1]
-    assert lines[2] == "frames [##########] 60/60 100.0% 15.0 fps\n"
-
-
-# -- bad inputs are typed errors before any model runs ---------------------------------------------------
-def test_bad_targets_are_typed_errors(assets, tmp_path):
+def test_bad_inputs_are_typed_errors_before_any_model_runs(assets, tmp_path):
     not_video = tmp_path / "bad.mp4"
     not_video.write_bytes(b"this is a text file, not a video" * 20)
     truncated = tmp_path / "truncated.mp4"
@@ -265,135 +275,126 @@ def test_bad_targets_are_typed_errors(assets, tmp_path):
     empty_dir.mkdir()
     source = str(assets / "images" / SOURCE)
     cases = [
-        (not_video, UnsupportedMediaError),
-        (truncated, InvalidInputError),
-        (tmp_path / "missing.mp4", InvalidInputError),
-        (empty_dir, InvalidInputError),
+        (source, not_video, UnsupportedMediaError),
+        (source, truncated, InvalidInputError),
+        (source, tmp_path / "missing.mp4", InvalidInputError),
+        (source, empty_dir, InvalidInputError),
+        (str(not_video), _video(assets, AAC), UnsupportedMediaError),  # the source is no image
     ]
-    for target, error in cases:
-        config = BatchJobConfig(source_image=source, targets=(str(target),), output=str(tmp_path / "out"))
+    for source_image, target, error in cases:
+        config = BatchJobConfig(
+            source_image=source_image, targets=(str(target),), output=str(tmp_path / "out")
+        )
         with pytest.raises(error):
-            run_batch_job(config, progress=lambda done, total: None)
+            run_batch_job(config)
     assert not (tmp_path / "out").exists()
-    video = tmp_path / "clip.mp4"
-    video.write_bytes(_video(assets, AAC).read_bytes())
-    in_place = BatchJobConfig(source_image=source, targets=(str(video),), output=f"file://{tmp_path}")
-    with pytest.raises(InvalidOptionError, match="overwrite its own input"):
-        run_batch_job(in_place, progress=lambda done, total: None)
 
 
-# -- the job ------------------------------------------------------------------------------------------------
+# -- the command line (no Ray) -----------------------------------------------------------------------------
+def test_help_works_options_go_anywhere_and_the_usage_names_the_program(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["-h"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: python -m serve_app.batch") and "--batch-size" in usage
+    assert "--face-selector-mode" in usage and "exit codes" in usage
+    args = build_parser().parse_args(
+        ["-o", "out", "--actors", "2", "-v", "face.png", "a.mp4", "b.mp4", "--enhance"]
+    )
+    assert (args.source, args.targets, args.output, args.actors, args.verbose) == (
+        "face.png",
+        ["a.mp4", "b.mp4"],
+        "out",
+        2,
+        True,
+    )
+    config = config_from_args(args)
+    assert config.num_actors == 2 and config.options.enhance and config.targets == ("a.mp4", "b.mp4")
+    # embedded as a subcommand, the way faceswap-serve does
+    parser = argparse.ArgumentParser(prog="faceswap-serve")
+    batch = parser.add_subparsers(dest="command").add_parser("batch")
+    add_batch_arguments(batch)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["batch", "--help"])
+    assert capsys.readouterr().out.startswith("usage: faceswap-serve batch")
+    assert parser.parse_args(["batch", "--crf", "20", "f.png", "v.mp4", "-o", "o"]).crf == 20
+
+
+def test_bad_options_exit_2_without_starting_ray(capsys):
+    assert main(["f.png", "v.mp4", "-o", "o", "--batch-size", "0"]) == 2
+    assert "batch_size" in capsys.readouterr().err
+
+
+# -- the job on Ray ------------------------------------------------------------------------------------------
 @pytest.mark.ray
-def test_job_counts_frames_faces_and_progress(job):
-    result, _, calls = job
+def test_job_frames_equal_the_in_process_orchestration_in_order(job, assets):
+    config, result, out, _ = job
+    frames = [f.image for f in read_frames(_video(assets, AAC))]
+    expected = _in_process(config, frames, assets)
+    table = pq.read_table(out / AAC.replace(".mp4", ".parquet"))
+    assert table["frame"].to_pylist() == list(range(75))
+    assert table["pts"].to_pylist() == [f.pts for f in read_frames(_video(assets, AAC))]
+    got = _png_frames(out / AAC.replace(".mp4", ".parquet"))
+    assert len(got) == len(expected) == 75
+    for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+        assert np.array_equal(a, b), f"frame {i} differs from the in-process orchestration"
+    assert not np.array_equal(got[0], frames[0])  # and the face was swapped
+    assert set(table["faces"].to_pylist()) == {1}
+    assert result.targets[0].faces_swapped == 75
+
+
+@pytest.mark.ray
+def test_job_counts_progress_label_and_timing(job, assets):
+    _, result, out, calls = job
     assert [t.frames for t in result.targets] == [75, FOLDER_FRAMES]
     assert result.frames_without_face == 1  # the grey frame of the folder
-    assert result.faces_swapped == 75 + FOLDER_FRAMES - 1
     assert result.components["swapper"] == "test_inswapper_constant"
     assert calls[0] == (0, 87) and calls[-1] == (87, 87)
     assert all(a[0] < b[0] for a, b in zip(calls, calls[1:], strict=False))
-
-
-@pytest.mark.ray
-def test_output_has_the_source_frame_count_fps_duration_and_label(job, assets):
-    result, out, _ = job
+    assert 0 < result.startup_s < result.elapsed_s
     video = out / AAC
-    assert result.targets[0].output == f"file://{out}/{AAC}"
+    assert result.targets[0].output == f"file://{video}"
     source, output = probe_video(_video(assets, AAC)), probe_video(video)
     assert output.frame_count == source.frame_count == 75
     assert output.fps == source.fps == Fraction(25)
     assert output.duration_s == pytest.approx(source.duration_s, abs=0.04)
-    assert output.has_audio and output.audio_codec == source.audio_codec
     label = read_video_label(video)
     assert label is not None and label.models["swapper"] == "test_inswapper_constant"
 
 
 @pytest.mark.ray
 def test_audio_samples_survive_unchanged(job, assets):
-    _, out, _ = job
+    _, _, out, _ = job
     source, output = _audio_samples(_video(assets, AAC)), _audio_samples(out / AAC)
     assert source.shape == output.shape and source.size > 48_000
     assert np.array_equal(source, output)
 
 
-def _assert_swapped_in_order(output, source, regions) -> None:
-    """Each output frame matches its own source frame outside the face (and not its neighbours: order),
-    and holds the constant swapper's colour inside it."""
-    margin = np.ones((33, 33), np.uint8)  # H.264 blocks around the pasted face also change a little
-    for i, (touched, core) in enumerate(regions):
-        outside = ~cv2.dilate(touched.astype(np.uint8), margin).astype(bool)
-        same = _mean_abs(output[i], source[i], outside)
-        neighbours = [
-            _mean_abs(output[i], source[j], outside) for j in (i - 1, i + 1) if 0 <= j < len(source)
-        ]
-        assert same < 2.5, f"frame {i}: outside the face differs from its source frame by {same:.2f}"
-        assert same < 0.7 * min(neighbours), f"frame {i} looks like a neighbour: {same:.2f} vs {neighbours}"
-        assert core.sum() > 5000
-        assert _mean_abs(output[i], source[i], core) > 40, f"frame {i}: the face was not swapped"
-        painted = np.abs(output[i][core].astype(np.int32) - CONSTANT_BGR).mean()
-        assert painted < 6, f"frame {i}: face region is not the swapper's colour ({painted:.1f})"
-
-
 @pytest.mark.ray
-def test_frames_in_order_face_region_swapped_rest_unchanged(job, assets, face_regions):
-    _, out, _ = job
-    source = [f.image for f in read_frames(_video(assets, AAC))]
-    output = [f.image for f in read_frames(out / AAC)]
-    assert len(output) == len(source) == len(face_regions) == 75
-    _assert_swapped_in_order(output, source, face_regions)
-
-
-@pytest.mark.ray
-def test_parquet_has_one_row_per_frame_with_boxes(job, assets, models):
-    _, out, _ = job
-    table = pq.read_table(out / AAC.replace(".mp4", ".parquet"))
-    assert table.num_rows == 75
-    assert table.column_names == ["frame", "pts", "time_s", "faces", "boxes", "scores"]
-    source = list(read_frames(_video(assets, AAC)))
-    assert table["frame"].to_pylist() == list(range(75))
-    assert table["pts"].to_pylist() == [f.pts for f in source]
-    assert table["time_s"].to_pylist() == pytest.approx([f.time_s for f in source])
-    assert set(table["faces"].to_pylist()) == {1}
-    detector = build_pipeline(models).detector
-    for i in (0, 37, 74):
-        (box,) = table["boxes"][i].as_py()
-        expected = max(detector.detect(source[i].image), key=lambda f: f.area).bbox
-        assert np.allclose(box, expected, atol=0.01)
-        assert 0.5 < table["scores"][i].as_py()[0] <= 1.0
-
-
-@pytest.mark.ray
-def test_folder_of_frames_in_name_order_faceless_frame_passes_through(job, frames_dir, face_regions):
-    result, out, _ = job
-    video = out / "clip_frames.mp4"
-    assert result.targets[1].output == f"file://{video}"
-    info = probe_video(video)
+def test_folder_of_frames_in_name_order_faceless_frame_unchanged(job, frames_dir, assets):
+    config, result, out, _ = job
+    assert result.targets[1].output == f"file://{out}/clip_frames.mp4"
+    info = probe_video(out / "clip_frames.mp4")
     assert (info.frame_count, info.fps, info.has_audio) == (FOLDER_FRAMES, Fraction(25), False)
-    output = [f.image for f in read_frames(video)]
     inputs = [cv2.imread(str(p)) for p in sorted(frames_dir.glob("*.png"))]
-    blank = output[BLANK_FRAME].reshape(-1, 3).astype(np.int32)
-    assert np.ptp(blank, axis=0).max() <= 2, "something was pasted into the faceless frame"
-    assert np.abs(blank.mean(axis=0) - 127).max() < 5
-    # the folder holds the first frames of the silent video, whose picture is the audio video's
-    faced = [i for i in range(FOLDER_FRAMES) if i != BLANK_FRAME]
-    _assert_swapped_in_order(
-        [output[i] for i in faced], [inputs[i] for i in faced], [face_regions[i] for i in faced]
-    )
+    got = _png_frames(out / "clip_frames.parquet")
+    assert np.array_equal(got[BLANK_FRAME], inputs[BLANK_FRAME])
+    expected = _in_process(config, inputs, assets)
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
     assert pq.read_table(out / "clip_frames.parquet")["faces"].to_pylist() == [
         0 if i == BLANK_FRAME else 1 for i in range(FOLDER_FRAMES)
     ]
 
 
-# -- failures in Ray workers come back typed --------------------------------------------------------------
 @pytest.mark.ray
-def test_no_face_in_the_source_image_fails_the_job(ray_local, assets, models, tmp_path):
+def test_no_face_in_the_source_fails_typed_from_the_swap_actor(ray_local, assets, models, tmp_path):
     grey = tmp_path / "grey.png"
     cv2.imwrite(str(grey), np.full((240, 320, 3), 127, np.uint8))
     config = BatchJobConfig(
         source_image=str(grey), targets=(str(_video(assets, SILENT)),), output=str(tmp_path), pipeline=models
     )
     with pytest.raises(NoFaceError, match="source"):
-        run_batch_job(config, progress=lambda done, total: None)
+        run_batch_job(config)
     assert not list(tmp_path.glob("*.mp4"))
 
 
@@ -410,47 +411,37 @@ def test_a_frame_of_another_size_fails_typed_from_the_decode_stage(ray_local, as
         pipeline=models,
         batch_size=1,
     )
-    with pytest.raises(InvalidInputError, match="100x100 frame in a 400x400 frame sequence"):
-        run_batch_job(config, progress=lambda done, total: None)
+    with pytest.raises(InvalidInputError, match="b.png is 100x100 in a 400x400 video"):
+        run_batch_job(config)
     assert not (tmp_path / "out" / "mixed.mp4").exists()
 
 
 @pytest.mark.ray
-def test_command_line_on_the_cpu_path_with_staged_inputs_and_outputs(
+def test_command_line_joins_ray_and_stages_remote_inputs_and_outputs(
     ray_local, assets, frames_dir, tmp_path, monkeypatch, capsys
 ):
-    """``main`` joins the running Ray; one CPU actor; the auto profile (YuNet + classical swapper). Every
-    filesystem is treated as remote here, so inputs are staged to a temporary folder and outputs uploaded.
-    Two targets of different frame sizes with batches of 5: one batch holds frames of both."""
+    """``main`` joins the running Ray; one CPU actor; the lite profile. Every filesystem is treated as
+    remote, so inputs are staged to a temporary folder and outputs uploaded. Two targets of different
+    frame sizes with batches of 5: one batch holds frames of both."""
     small = tmp_path / "small"
     small.mkdir()
     for path in sorted(frames_dir.glob("*.png"))[:5]:
         cv2.imwrite(str(small / path.name), cv2.resize(cv2.imread(str(path)), (320, 240)))
-    monkeypatch.setattr(batch, "_is_local", lambda fs: False)
+    monkeypatch.setattr(batch_storage, "is_local", lambda fs: False)
     output = tmp_path / "result"
-    code = main(
-        [
-            str(assets / "images" / SOURCE),
-            str(frames_dir),
-            str(small),
-            "-o",
-            str(output),
-            "--profile",
-            "auto",
-            "--models-dir",
-            str(tmp_path / "no_models"),
-            "--batch-size",
-            "5",
-            "--parquet",
-            "--no-progress",
-            "--preset",
-            "ultrafast",
-        ]
-    )
+    argv = [
+        str(assets / "images" / SOURCE),
+        str(frames_dir),
+        str(small),
+        "-o",
+        str(output),
+        "--profile",
+        "lite",
+    ]
+    code = main([*argv, "--batch-size", "5", "--parquet", "--no-progress", "--preset", "ultrafast"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["frames"] == FOLDER_FRAMES + 5 and summary["frames_without_face"] == 1
-    assert summary["components"]["swapper"] == "classical"
+    assert summary["frames"] == FOLDER_FRAMES + 5 and summary["components"]["swapper"] == "classical"
     assert [t["output"] for t in summary["targets"]] == [
         str(output / "clip_frames.mp4"),
         str(output / "small.mp4"),
@@ -460,3 +451,34 @@ def test_command_line_on_the_cpu_path_with_staged_inputs_and_outputs(
     assert (big.frame_count, big.width, little.frame_count, little.width) == (FOLDER_FRAMES, 640, 5, 320)
     assert pq.read_table(output / "small.parquet")["frame"].to_pylist() == list(range(5))
     assert main([str(assets / "images" / SOURCE), str(tmp_path / "missing"), "-o", str(tmp_path)]) == 2
+
+
+@pytest.mark.ray
+def test_a_75_frame_run_prints_little_besides_the_progress_bar(assets, tmp_path):
+    """``python -m serve_app.batch`` in a fresh process (its own local Ray): on stderr, a line while Ray
+    starts, one while the models load, the bar (redrawn with carriage returns) and the summary; on stdout,
+    the JSON summary. No Ray INFO lines, warnings or C++ log lines."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [
+        sys.executable,
+        "-m",
+        "serve_app.batch",
+        str(assets / "images" / SOURCE),
+        str(_video(assets, SILENT)),
+    ]
+    done = subprocess.run(
+        [*command, "-o", str(tmp_path / "out.mp4"), "--profile", "lite", "--preset", "ultrafast"],
+        capture_output=True,  # bytes: text mode would turn the bar's carriage returns into newlines
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
+    stderr = done.stderr.decode()
+    assert done.returncode == 0, stderr
+    lines = [line.split("\r")[-1] for line in stderr.split("\n") if line.strip()]
+    assert len(lines) <= 4, stderr
+    assert lines[0].startswith("starting Ray") and lines[1].startswith("loading the models")
+    assert lines[2].startswith("frames: 100%") and "75/75" in lines[2]
+    assert lines[3].startswith("75 frames") and "frames/s" in lines[3]
+    assert json.loads(done.stdout)["frames"] == 75
+    assert done.stdout.count(b"\n") == 1

@@ -1,0 +1,93 @@
+"""The swap stage of a batch job: stateful Ray Data actors (``map_batches`` over numpy batches) that each
+build the models once, compute the source identity (and the reference embedding) once from the source
+bytes, then run the one orchestration
+(:meth:`~pipeline.orchestration.SwapOrchestrator.swap_frames`, in-process ports) on each batch of frames
+(:mod:`.decode`).
+
+The stage replaces ``image`` by the result ((N, H, W, 3) uint8 BGR, or an object array of (H, W, 3) images
+when a batch spans targets of different sizes) and adds ``faces`` (int32: faces processed), ``boxes``
+((4 * faces,) float32 x1, y1, x2, y2 per face, image pixels), ``scores`` ((faces,) float32) and
+``components`` (the JSON of the models that ran, the same in every row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import ray
+
+from pipeline.imageio import decode_image
+from pipeline.options import SwapOptions
+from pipeline.orchestration import Identity, SwapOrchestrator
+from pipeline.profiles import PipelineConfig, build_models
+from pipeline.types import Embedding
+from serve_app.batch.decode import Batch
+
+
+def column(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """A batch column: stacked when every row has one shape, else an object array of the rows."""
+    if arrays and all(a.shape == arrays[0].shape for a in arrays):
+        return np.stack(arrays)
+    out = np.empty(len(arrays), dtype=object)
+    out[:] = list(arrays)
+    return out
+
+
+class SwapFrames:
+    """The swap stage: one orchestration over in-process ports, built once per actor.
+
+    The source identity (and the reference embedding in ``reference`` mode) is computed from the image
+    bytes on the first batch, so a source without a face fails the first batch with the typed
+    :class:`~pipeline.errors.NoFaceError` rather than the actor's start. ``images`` holds the object
+    references of the source and reference image bytes: the constructor's arguments stay small."""
+
+    def __init__(
+        self,
+        pipeline: PipelineConfig,
+        options: SwapOptions,
+        images: tuple[ray.ObjectRef, ray.ObjectRef | None],
+    ) -> None:
+        self._orchestrator = SwapOrchestrator(build_models(pipeline).ports())
+        self._orchestrator.check(options, has_source=True, has_reference=images[1] is not None)
+        self._options = options
+        self._images = images
+        self._prepared: tuple[Identity | None, Embedding | None] | None = None
+        self._components = json.dumps(self._orchestrator.components)
+        self._loop = asyncio.new_event_loop()
+
+    def _prepare(self) -> tuple[Identity | None, Embedding | None]:
+        if self._prepared is None:
+            source, reference = (None if ref is None else ray.get(ref) for ref in self._images)
+            options, run = self._options, self._loop.run_until_complete
+            identity = None
+            if options.swap:
+                image = decode_image(source, field="source_image")
+                identity = run(self._orchestrator.source_identity(image, options))
+            embedding = None
+            if options.face_selector_mode == "reference" and reference is not None:
+                image = decode_image(reference, field="reference_image")
+                embedding = run(self._orchestrator.reference_embedding(image, options))
+            self._prepared = (identity, embedding)
+        return self._prepared
+
+    def __call__(self, batch: Batch) -> Batch:
+        identity, reference = self._prepare()
+        images = list(batch["image"])
+        results = self._loop.run_until_complete(
+            self._orchestrator.swap_frames(images, identity, self._options, reference)
+        )
+        faces = [r.faces for r in results]
+        return {
+            "target": batch["target"],
+            "index": batch["index"],
+            "pts": batch["pts"],
+            "time_s": batch["time_s"],
+            "image": column([r.image for r in results]),
+            "faces": np.array([len(f) for f in faces], np.int32),
+            "boxes": column([np.array([f.bbox for f in fs], np.float32).reshape(-1) for fs in faces]),
+            "scores": column([np.array([f.score for f in fs], np.float32) for fs in faces]),
+            "components": np.array([self._components] * len(results)),
+        }
