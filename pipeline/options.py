@@ -87,7 +87,7 @@ def _padding(raw: object) -> object:
     if isinstance(values, list | tuple):
         if len(values) not in (1, 4):
             raise ValueError("expected 1 or 4 values (top, right, bottom, left)")
-        values = [_integer(v) for v in values] * (4 // len(values))
+        values = tuple(_integer(v) for v in values) * (4 // len(values))
     return values
 
 
@@ -152,6 +152,12 @@ class SwapOptions(BaseModel):
         default=None,
         description="Most faces processed per image (default: the service's setting).",
     )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise InvalidOptionError(describe_errors(exc)) from None
 
     @property
     def enhance(self) -> bool:

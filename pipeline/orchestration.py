@@ -264,7 +264,10 @@ class SwapOrchestrator:
             return out
         if options.swap:
             swapper = self.ports.swapper
-            if identity is None or identity.swapper != swapper.info.name:
+            if identity is None or (identity.kind, identity.swapper) != (
+                swapper.info.identity,
+                swapper.info.name,
+            ):
                 raise UnsupportedOptionError(f"face_swapper needs a source identity for {swapper.info.name}")
             spec = swapper.info.crop
             crops, affines = await self._cpu(_crop_all, out, faces, spec)

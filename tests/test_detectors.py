@@ -17,9 +17,9 @@ from pipeline.models.detectors import (
     YunetDetector,
     distance2bbox,
     distance2kps,
-    letterbox,
     nms,
 )
+from pipeline.canvas import CanvasSpec, faces_to_image, make_canvas, pad_canvas
 from pipeline.sessions import SessionConfig, create_session
 from pipeline.types import Face
 
@@ -76,29 +76,38 @@ def check_face(face: Face, image_shape: tuple[int, ...]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def test_letterbox_wide_image_goes_top_left_and_keeps_pixels() -> None:
+def test_canvas_of_a_wide_image_keeps_pixels_and_pads_at_the_bottom() -> None:
     image = np.full((50, 100, 3), (10, 20, 30), np.uint8)
-    padded, scale = letterbox(image, (64, 64))
-    assert padded.shape == (64, 64, 3) and padded.dtype == np.uint8
+    canvas, scale = make_canvas(image, CanvasSpec(64, 64, upscale=True))
+    assert canvas.shape == (32, 64, 3) and canvas.dtype == np.uint8
     assert scale == pytest.approx(0.64)
-    assert np.all(padded[:32, :64] == (10, 20, 30))
-    assert not padded[32:].any()
+    assert np.all(canvas == (10, 20, 30))
+    padded = pad_canvas(canvas, 64, 64)
+    assert padded.shape == (64, 64, 3) and np.array_equal(padded[:32], canvas) and not padded[32:].any()
 
 
-def test_letterbox_upscales_small_tall_image_into_non_square_canvas() -> None:
+def test_canvas_upscales_a_small_tall_image_only_when_asked() -> None:
     image = np.zeros((20, 10, 3), np.uint8)
     image[:, 5:] = 255  # right half white
-    padded, scale = letterbox(image, (96, 64))  # width 96, height 64
-    assert padded.shape == (64, 96, 3)
+    canvas, scale = make_canvas(image, CanvasSpec(96, 64, upscale=True))  # width 96, height 64
+    assert canvas.shape == (64, 32, 3)
     assert scale == pytest.approx(3.2)
-    assert not padded[:, :14].any() and np.all(padded[:, 18:30] == 255)
-    assert not padded[:, 33:].any()
+    assert not canvas[:, :14].any() and np.all(canvas[:, 18:30] == 255)
+    same, one = make_canvas(image, CanvasSpec(96, 64, upscale=False))
+    assert same is image and one == 1.0
+
+
+def test_faces_on_a_canvas_map_back_to_image_pixels() -> None:
+    face = Face(np.array([10, 20, 30, 40], np.float32), np.full((5, 2), 8, np.float32), 0.9)
+    (back,) = faces_to_image([face], 0.25)
+    assert np.array_equal(back.bbox, [40, 80, 120, 160]) and np.all(back.landmarks == 32)
+    assert back.score == 0.9 and back.bbox.dtype == np.float32
 
 
 @pytest.mark.parametrize("size", [(0, 64), (64, -1)])
-def test_letterbox_rejects_bad_size(size: tuple[int, int]) -> None:
+def test_canvas_rejects_bad_size(size: tuple[int, int]) -> None:
     with pytest.raises(InvalidOptionError):
-        letterbox(np.zeros((8, 8, 3), np.uint8), size)
+        CanvasSpec(*size, upscale=True)
 
 
 def test_nms_hand_case() -> None:
