@@ -131,7 +131,7 @@ def _read(path: str, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise InvalidInputError(f"{what} {path}: {exc.strerror}") from None
+        raise InvalidInputError(f"cannot read the {what} image {path}: {exc.strerror}") from None
 
 
 def _cmd_swap(args: argparse.Namespace) -> int:

@@ -103,11 +103,12 @@ def fit_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
 def estimate_affine(landmarks: Landmarks5, template: str, size: int) -> Affine:
     """Least-squares similarity transform image -> crop of side ``size`` (FaceFusion's alignment).
 
-    ``landmarks``: (5, 2) image pixels. Returns the (2, 3) float32 forward affine: :func:`fit_similarity`
-    of the float32 landmarks onto :func:`template_points`, computed in float64 and rounded once.
+    ``landmarks``: (5, 2) image pixels. Returns the (2, 3) float64 forward affine: :func:`fit_similarity`
+    of the float32 landmarks onto :func:`template_points` (float64 like FaceFusion's matrix, so crops and
+    pastes are bit-identical to FaceFusion's).
     """
     src = np.asarray(landmarks, np.float32).reshape(5, 2)
-    return fit_similarity(src, template_points(template, size)).astype(np.float32)
+    return fit_similarity(src, template_points(template, size))
 
 
 def warp_face(image: ImageBGR, landmarks: Landmarks5, template: str, size: int) -> tuple[ImageBGR, Affine]:

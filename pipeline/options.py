@@ -74,11 +74,12 @@ def _text_list(raw: object) -> object:
         text = raw.strip()
         if text.startswith("["):
             try:
-                return json.loads(text)
+                raw = json.loads(text)
             except (ValueError, RecursionError):
                 raise ValueError("invalid JSON list") from None
-        return [part for part in text.replace(",", " ").split() if part]
-    return raw
+        else:
+            return tuple(part for part in text.replace(",", " ").split() if part)
+    return tuple(raw) if isinstance(raw, list) else raw
 
 
 def _padding(raw: object) -> object:

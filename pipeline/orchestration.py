@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from pipeline.canvas import faces_to_image, make_canvas
 from pipeline.errors import InvalidInputError, InvalidOptionError, NoFaceError, UnsupportedOptionError
-from pipeline.geometry import box_mask, paste_back, warp_face
+from pipeline.geometry import blend, box_mask, paste_back, warp_face
 from pipeline.imageio import decode_image, encode_image
 from pipeline.options import MAX_FACES_CAP, SwapOptions
 from pipeline.ports import CropSpec, IdentityKind, Masks, Ports
@@ -86,10 +86,11 @@ class EncodedSwap:
 
 def crops_for(
     image: ImageBGR, faces: Sequence[Face], crop: CropSpec
-) -> tuple[CropsBGR, npt.NDArray[np.float32]]:
-    """Aligned crops ``(N, S, S, 3)`` uint8 BGR of ``faces`` and their forward affines ``(N, 2, 3)``."""
+) -> tuple[CropsBGR, npt.NDArray[np.float64]]:
+    """Aligned crops ``(N, S, S, 3)`` uint8 BGR of ``faces`` and their forward affines ``(N, 2, 3)``
+    float64."""
     crops = np.empty((len(faces), crop.size, crop.size, 3), np.uint8)
-    affines = np.empty((len(faces), 2, 3), np.float32)
+    affines = np.empty((len(faces), 2, 3), np.float64)
     for i, face in enumerate(faces):
         crops[i], affines[i] = warp_face(image, face.landmarks, crop.template, crop.size)
     return crops, affines
@@ -97,7 +98,7 @@ def crops_for(
 
 def _crop_all(
     images: Sequence[ImageBGR], faces: Sequence[Sequence[Face]], crop: CropSpec
-) -> tuple[CropsBGR, list[npt.NDArray[np.float32]]]:
+) -> tuple[CropsBGR, list[npt.NDArray[np.float64]]]:
     """The crops of every face of every image, concatenated, and each image's affines."""
     parts = [crops_for(image, image_faces, crop) for image, image_faces in zip(images, faces, strict=True)]
     crops = (
@@ -109,7 +110,7 @@ def _crop_all(
 def paste_crops(
     image: ImageBGR,
     processed: CropsBGR,
-    affines: Sequence[Affine] | npt.NDArray[np.float32],
+    affines: Sequence[Affine] | npt.NDArray[np.float64],
     mask: npt.NDArray[np.float32],
     masks: Masks | None = None,
 ) -> ImageBGR:
@@ -118,14 +119,14 @@ def paste_crops(
     out = image
     for i, (crop, affine) in enumerate(zip(processed, affines, strict=True)):
         crop_mask = mask if masks is None else mask * masks[i]
-        out = paste_back(out, crop, np.asarray(affine, np.float32), crop_mask)
+        out = paste_back(out, crop, affine, crop_mask)
     return out
 
 
 def _paste_all(
     images: Sequence[ImageBGR],
     processed: CropsBGR,
-    affines: Sequence[npt.NDArray[np.float32]],
+    affines: Sequence[npt.NDArray[np.float64]],
     mask: npt.NDArray[np.float32],
     masks: Masks | None,
 ) -> list[ImageBGR]:
@@ -139,6 +140,11 @@ def _paste_all(
         )
         at += n
     return out
+
+
+def _blend_all(before: Sequence[ImageBGR], after: Sequence[ImageBGR], ratio: float) -> list[ImageBGR]:
+    """``ratio * after + (1 - ratio) * before`` per image (images that did not change stay as they are)."""
+    return [b if a is b else blend(b, a, ratio) for b, a in zip(before, after, strict=True)]
 
 
 def _canvases(images: Sequence[ImageBGR], spec: Any) -> list[tuple[ImageBGR, float]]:
@@ -284,11 +290,11 @@ class SwapOrchestrator:
             spec = enhancer.info.crop
             crops, affines = await self._cpu(_crop_all, out, faces, spec)
             enhanced = await enhancer.enhance(crops)
-            # FaceFusion's enhancer mask ignores face_mask_padding.
-            mask = box_mask(spec.size, options.face_mask_blur) * np.float32(
-                options.face_enhancer_blend / 100.0
-            )
-            out = await self._cpu(_paste_all, out, enhanced, affines, mask, None)
+            # FaceFusion: the enhancer's box mask ignores face_mask_padding, and face_enhancer_blend mixes
+            # each frame before and after the paste (a rounded addWeighted of the whole frame).
+            mask = box_mask(spec.size, options.face_mask_blur)
+            pasted = await self._cpu(_paste_all, out, enhanced, affines, mask, None)
+            out = await self._cpu(_blend_all, out, pasted, options.face_enhancer_blend / 100.0)
         return out
 
     # -- whole swaps ----------------------------------------------------------------------------------------

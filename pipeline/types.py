@@ -22,8 +22,8 @@ Landmarks5: TypeAlias = npt.NDArray[np.float32]
 """(5, 2) float32 (x, y) in image pixels: image-left eye, image-right eye, nose tip,
 image-left mouth corner, image-right mouth corner."""
 
-Affine: TypeAlias = npt.NDArray[np.float32]
-"""(2, 3) float32 forward affine, image pixels -> crop pixels."""
+Affine: TypeAlias = npt.NDArray[np.float64]
+"""(2, 3) float64 forward affine, image pixels -> crop pixels."""
 
 Mask: TypeAlias = npt.NDArray[np.float32]
 """(H, W) float32 in [0, 1]."""
