@@ -198,12 +198,27 @@ class SwapOptions(BaseModel):
 
 
 def describe_errors(exc: ValidationError) -> str:
-    """One readable line per problem, ``name: message``; input values are never echoed in full."""
+    """One readable line per problem, ``name: message``; input values are never echoed in full (numbers
+    out of range are shown cut to 24 characters)."""
     problems = []
-    for error in exc.errors(include_url=False, include_input=False):
+    for error in exc.errors(include_url=False):
         where = ".".join(str(p) for p in error["loc"] if not isinstance(p, int)) or "options"
-        problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        bound = _BOUNDS.get(error["type"])
+        if bound is not None:
+            limit = error.get("ctx", {}).get(bound[0])
+            message = f"{str(error.get('input'))[:24]} is out of range ({bound[1]} {limit})"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {message}")
     return "; ".join(dict.fromkeys(problems))
+
+
+_BOUNDS = {
+    "greater_than_equal": ("ge", "at least"),
+    "less_than_equal": ("le", "at most"),
+    "greater_than": ("gt", "above"),
+    "less_than": ("lt", "below"),
+}
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,10 @@ import numpy.typing as npt
 from pipeline.canvas import faces_to_image, make_canvas
 from pipeline.errors import InvalidInputError, InvalidOptionError, NoFaceError, UnsupportedOptionError
 from pipeline.geometry import blend, box_mask, paste_back, warp_face
+from pipeline.identities import Identity, IdentityCache, source_key
 from pipeline.imageio import decode_image, encode_image
 from pipeline.options import MAX_FACES_CAP, SwapOptions
-from pipeline.ports import CropSpec, IdentityKind, Masks, Ports
+from pipeline.ports import CropSpec, Masks, Ports
 from pipeline.provenance import label_output
 from pipeline.selection import cosine_distance, largest_face, select_faces
 from pipeline.types import Affine, CropsBGR, Embedding, Face, ImageBGR
@@ -50,16 +51,6 @@ async def run_inline(function: Callable[..., T], /, *args: object) -> T:
     return function(*args)
 
 
-@dataclass(frozen=True)
-class Identity:
-    """The source face as the swapper takes it: ``value`` is a (D,) float32 embedding or an (S, S, 3)
-    uint8 BGR aligned crop (``kind``), for the swapper named ``swapper``."""
-
-    kind: IdentityKind
-    value: npt.NDArray[Any]
-    swapper: str
-
-
 @dataclass
 class SwapResult:
     """A processed image and what produced it."""
@@ -69,6 +60,8 @@ class SwapResult:
     faces: list[Face]
     """The target faces processed, image pixels, in the order they were pasted."""
     components: dict[str, str | None] = field(default_factory=dict)
+    identity: Identity | None = None
+    """The source identity that was swapped in (None when nothing was swapped)."""
 
     @property
     def faces_swapped(self) -> int:
@@ -154,16 +147,23 @@ def _canvases(images: Sequence[ImageBGR], spec: Any) -> list[tuple[ImageBGR, flo
 class SwapOrchestrator:
     """Runs swaps over ``ports``. ``max_faces``: the service's default number of faces processed per image
     (a request may ask for fewer or more, never above :data:`pipeline.options.MAX_FACES_CAP`); ``cpu``
-    runs the CPU-bound steps (canvases, crops, paste-back, decoding and encoding)."""
+    runs the CPU-bound steps (canvases, crops, paste-back, decoding and encoding); ``identities``: where
+    :meth:`swap_encoded` keeps the identities of recent source uploads (None: no reuse)."""
 
     def __init__(
-        self, ports: Ports, *, max_faces: int = DEFAULT_MAX_FACES, cpu: CpuRunner = run_inline
+        self,
+        ports: Ports,
+        *,
+        max_faces: int = DEFAULT_MAX_FACES,
+        cpu: CpuRunner = run_inline,
+        identities: IdentityCache | None = None,
     ) -> None:
         if not 1 <= max_faces <= MAX_FACES_CAP:
             raise InvalidOptionError(f"max_faces must be in [1, {MAX_FACES_CAP}], got {max_faces}")
         self.ports = ports
         self.max_faces = max_faces
         self._cpu = cpu
+        self._identities = identities
 
     @property
     def components(self) -> dict[str, str | None]:
@@ -304,15 +304,18 @@ class SwapOrchestrator:
         target: ImageBGR,
         options: SwapOptions | None = None,
         reference: ImageBGR | None = None,
+        identity: Identity | None = None,
     ) -> SwapResult:
-        """Swap the largest face of ``source`` onto the selected faces of ``target`` (then enhance, as
-        ``options`` ask). NoFaceError (422) when the source, the reference or the target has no usable
-        face."""
+        """Swap the largest face of ``source`` (or the given source ``identity``) onto the selected faces
+        of ``target``, then enhance, as ``options`` ask. NoFaceError (422) when the source, the reference
+        or the target has no usable face."""
         options = options or SwapOptions()
-        self.check(options, has_source=source is not None, has_reference=reference is not None)
+        has_source = source is not None or identity is not None
+        self.check(options, has_source=has_source, has_reference=reference is not None)
         by_reference = options.face_selector_mode == "reference"
+        need_source = options.swap and identity is None
         images = [target]
-        if options.swap:
+        if need_source:
             assert source is not None  # check() guarantees it
             images.append(source)
         if by_reference:
@@ -323,7 +326,7 @@ class SwapOrchestrator:
         if not target_faces:
             raise NoFaceError("no face found in the target image")
         pairs: list[tuple[ImageBGR, Face]] = []
-        source_face = _largest(detected[1], "source") if options.swap else None
+        source_face = _largest(detected[1], "source") if need_source else None
         embed_source = source_face is not None and self.ports.swapper.info.identity == "embedding"
         if embed_source:
             assert source is not None and source_face is not None
@@ -336,7 +339,6 @@ class SwapOrchestrator:
             candidates = _candidates(target_faces, limit)
             pairs += [(target, face) for face in candidates]
         vectors = await self._embed(pairs) if pairs else None
-        identity = None
         if source_face is not None:
             assert source is not None
             if embed_source:
@@ -359,7 +361,7 @@ class SwapOrchestrator:
             selected = select_faces(target_faces, options.face_selector_mode)[:limit]
         image = (await self.process([target], [selected], identity, options))[0]
         log.info("processed %d face(s) with %s", len(selected), self.components)
-        return SwapResult(image=image, faces=selected, components=self.components)
+        return SwapResult(image, selected, self.components, identity if options.swap else None)
 
     async def swap_encoded(
         self,
@@ -374,14 +376,31 @@ class SwapOrchestrator:
         """Decode ``uploads`` (``source_image``, ``target_image``, ``reference_image``: JPEG, PNG or WebP
         bytes), swap, and encode the result as ``media_type`` (``image/jpeg`` or ``image/png``), labelled as
         synthetic with ``label`` (``request_id`` and other fields of the provenance label) unless it is
-        None."""
+        None. A source seen recently (see ``identities``) is neither decoded nor detected again."""
         if "target_image" not in uploads:
             raise InvalidInputError("target_image: required")
         self.check(options, has_source="source_image" in uploads, has_reference="reference_image" in uploads)
-        images = await self._cpu(_decode_all, uploads, max_pixels)
+        key, identity = None, None
+        source = uploads.get("source_image")
+        if options.swap and source is not None and self._identities is not None:
+            key = source_key(source, options.detector_score, self.ports.swapper.info.name)
+            identity = self._identities.get(key)
+        to_decode = {k: v for k, v in uploads.items() if not (k == "source_image" and identity is not None)}
+        images = await self._cpu(_decode_all, to_decode, max_pixels)
         result = await self.swap(
-            images.get("source_image"), images["target_image"], options, images.get("reference_image")
+            images.get("source_image"),
+            images["target_image"],
+            options,
+            images.get("reference_image"),
+            identity=identity,
         )
+        if (
+            key is not None
+            and identity is None
+            and result.identity is not None
+            and self._identities is not None
+        ):
+            self._identities.put(key, result.identity)
         data = await self._cpu(encode_image, result.image, media_type, quality)
         if label is not None:
             data = label_output(data, media_type, result.components, **label)

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from pipeline.canvas import CanvasSpec
 from pipeline.errors import ModelNotFoundError
+from pipeline.identities import IdentityKind
 from pipeline.types import CropsBGR, Face, ImageBGR
-
-IdentityKind = Literal["embedding", "crop"]
-"""What a swapper takes as the identity of the source face: the embedder's L2-normalised embedding
-(``(D,)`` float32), or the source face itself aligned like the target crops (``(S, S, 3)`` uint8 BGR)."""
 
 Embeddings = npt.NDArray[np.float32]
 """(N, D) float32, L2-normalised rows."""

@@ -30,13 +30,19 @@ def _deployment(decorated: object) -> Deployment:
 def build_app(args: dict[str, Any]) -> Application:
     """The swap graph for ``args`` (a dict as in ``configs/serve.yaml``, or an AppArgs)."""
     parsed = AppArgs.parse(args)
-    detector = _deployment(FaceDetector).options(**parsed.detector.deployment_options()).bind(parsed)
-    swapper = _deployment(FaceSwapper).options(**parsed.swapper.deployment_options()).bind(parsed)
-    embedder = None
-    if parsed.has_embedder:
-        embedder = _deployment(FaceEmbedder).options(**parsed.embedder.deployment_options()).bind(parsed)
-    enhancer = None
-    if parsed.enhance:
-        enhancer = _deployment(FaceEnhancer).options(**parsed.enhancer.deployment_options()).bind(parsed)
+    deployed = parsed.deployed()
+    classes = {
+        "detector": FaceDetector,
+        "swapper": FaceSwapper,
+        "embedder": FaceEmbedder,
+        "enhancer": FaceEnhancer,
+    }
+    bound = {
+        stage: _deployment(cls).options(**deployed[stage].deployment_options()).bind(parsed)
+        for stage, cls in classes.items()
+        if stage in deployed
+    }
     ingress = _deployment(SwapIngress).options(**parsed.ingress.deployment_options())
-    return ingress.bind(detector, swapper, embedder, enhancer, parsed)
+    return ingress.bind(
+        bound["detector"], bound["swapper"], bound.get("embedder"), bound.get("enhancer"), parsed
+    )

@@ -143,6 +143,9 @@ class IngressArgs(ScalingArgs):
     """Decoded pixel-count limit per image."""
     max_inflight_swaps: int = Field(default=32, ge=1)
     """Swaps one ingress replica runs at once; more are answered 503 at once (the ingress' own queue)."""
+    identity_cache_size: int = Field(default=256, ge=0)
+    """Source identities each ingress replica keeps (by the sha256 of the source upload), so a source sent
+    again is not decoded, detected and embedded again; 0 = keep none."""
     max_faces: int = Field(default=DEFAULT_MAX_FACES, ge=1, le=MAX_FACES_CAP)
     """Faces processed per image unless a request's ``max_faces`` says otherwise (never above the cap)."""
     jpeg_quality: int = Field(default=92, ge=1, le=100)
@@ -283,6 +286,20 @@ class AppArgs(_Strict):
     def profile_label(self) -> str:
         """The profile as responses report it (``custom`` when a stage is overridden)."""
         return self.pipeline_config().profile_label
+
+    def deployed(self) -> dict[str, ScalingArgs]:
+        """The deployments this graph deploys, by their args section: the one list that the app builder,
+        the RayService generator and the cluster sizing read."""
+        deployments: dict[str, ScalingArgs] = {
+            "ingress": self.ingress,
+            "detector": self.detector,
+            "swapper": self.swapper,
+        }
+        if self.has_embedder:
+            deployments["embedder"] = self.embedder
+        if self.enhance:
+            deployments["enhancer"] = self.enhancer
+        return deployments
 
     @property
     def has_embedder(self) -> bool:

@@ -52,6 +52,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline.errors import InvalidInputError, OverloadedError
+from pipeline.identities import IdentityCache
 from pipeline.imageio import check_dimensions
 from pipeline.options import SwapOptions
 from pipeline.orchestration import SwapOrchestrator, SwapResult
@@ -191,7 +192,10 @@ class SwapIngress:
             if self._orchestrator is None:
                 ports = await serve_ports(self._handles, self._args.profile_label)
                 self._orchestrator = SwapOrchestrator(
-                    ports, max_faces=self._limits.max_faces, cpu=asyncio.to_thread
+                    ports,
+                    max_faces=self._limits.max_faces,
+                    cpu=asyncio.to_thread,
+                    identities=IdentityCache(self._limits.identity_cache_size),
                 )
         return self._orchestrator
 

@@ -395,3 +395,22 @@ def test_enhancer_runs_after_the_swap(assets, test_models, load_image):
     assert np.abs(enhanced.image.astype(int) - plain.image.astype(int)).max() > 0
     none = asyncio.run(orchestrator.swap(source, target, SwapOptions(face_enhancer_blend=0).with_enhance(True)))
     assert np.array_equal(none.image, plain.image)
+
+
+def test_a_source_sent_again_is_not_decoded_detected_or_embedded_again() -> None:
+    from pipeline.identities import IdentityCache
+
+    _, target = cv2.imencode(".png", TARGET)
+    _, source = cv2.imencode(".png", SOURCE)
+    uploads = {"source_image": source.tobytes(), "target_image": target.tobytes()}
+    ports = _ports()
+    cache = IdentityCache(capacity=1)
+    orchestrator = SwapOrchestrator(ports, identities=cache)
+    first = asyncio.run(orchestrator.swap_encoded(uploads, SwapOptions(), media_type="image/png"))
+    again = asyncio.run(orchestrator.swap_encoded(uploads, SwapOptions(), media_type="image/png"))
+    assert ports.detector.calls == [[(300, 400, 3), (300, 300, 3)], [(300, 400, 3)]]
+    assert ports.embedder.calls == [1]
+    assert first.data == again.data and len(cache) == 1
+    # another threshold is another key: the source is detected again
+    asyncio.run(orchestrator.swap_encoded(uploads, SwapOptions(detector_score=0.6), media_type="image/png"))
+    assert len(ports.detector.calls) == 3 and ports.embedder.calls == [1, 1] and len(cache) == 1

@@ -39,7 +39,8 @@ class Embedder(Protocol):
 
 class Swapper(Protocol):
     """Replaces the identity of aligned target crops with one identity per crop, of kind ``identity``
-    (see :data:`pipeline.ports.IdentityKind`; ``identity_dim`` is the embedding length for ``embedding``)."""
+    (see :data:`pipeline.identities.IdentityKind`; ``identity_dim``: the embedding length, for
+    ``embedding``)."""
 
     name: str
     template: str
