@@ -1,22 +1,24 @@
 #!/usr/bin/env python3
 """Does the swap look like the source person? Identity and sharpness over all ordered pairs of the
-shared single-face photos (6 photos, 30 pairs), for the mesh swapper and the classical one ("before").
+shared single-face photos (6 photos, 30 pairs), through the project's own orchestration with a profile's
+models (default: the no-download default, i.e. what a fresh install runs).
 
-    python bench/identity_eval.py [--assets ../shared/assets] [--swappers classical mesh]
+    python -m bench.identity_eval [--assets ../shared/assets] [--profile auto] [--models-dir DIR] [--json OUT]
 
 Identity: the shared 128-d MobileFaceNet (BGR, arcface_112_v2 crops from YuNet's landmarks of the largest
-face). Per pair: cos(output, source), cos(output, target), gain = cos(output, source) - cos(target,
-source), whether the output is closer to the source than to the target, and sharpness = variance of the
-Laplacian (grey) of the output inside the target's face box / the target's own. Targets of issue 12:
-mean gain >= +0.35, closer to the source on >= 80% of pairs, mean sharpness >= 0.5x.
+face), independent of the swap. Per pair: cos(output, source), cos(output, target), gain = cos(output,
+source) - cos(target, source), whether the output is closer to the source than to the target, and
+sharpness = variance of the Laplacian (grey) of the output inside the target's face box / the target's
+own. Targets of issue 12: mean gain >= +0.35, closer to the source on >= 80% of pairs, mean sharpness
+>= 0.5x.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import permutations
 from pathlib import Path
 
@@ -27,33 +29,19 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
+from bench.common import environment, write_json  # noqa: E402
 from pipeline.errors import NoFaceError  # noqa: E402
-from pipeline.geometry import box_mask, paste_back, warp_face  # noqa: E402
-from pipeline.models.classical import ClassicalSwapper  # noqa: E402
+from pipeline.geometry import warp_face  # noqa: E402
 from pipeline.models.detectors import YunetDetector  # noqa: E402
 from pipeline.models.embedder import ArcFaceEmbedder  # noqa: E402
-from pipeline.models.landmarker import FaceMeshLandmarker, packaged_model_path  # noqa: E402
-from pipeline.models.mesh_swapper import MeshSwapper  # noqa: E402
+from pipeline.options import SwapOptions  # noqa: E402
+from pipeline.orchestration import SwapOrchestrator  # noqa: E402
+from pipeline.profiles import PROFILES, PipelineConfig, build_models  # noqa: E402
 from pipeline.sessions import SessionConfig, create_session  # noqa: E402
-from pipeline.types import CropsBGR, Embedding, Face, ImageBGR  # noqa: E402
+from pipeline.types import Embedding, Face, ImageBGR  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GROUP_PHOTO = "pexels_group_meeting_1080865.jpeg"
-MASK_BLUR = 0.3
-"""FaceFusion's default ``face_mask_blur`` for the box mask of the paste-back."""
-
-CropSwap = Callable[[CropsBGR, CropsBGR], tuple[CropsBGR, npt.NDArray[np.float32]]]
-"""(N, S, S, 3) target crops, (N, S, S, 3) aligned source crops -> swapped crops, (N, S, S) masks."""
-
-
-@dataclass(frozen=True)
-class Swap:
-    """A crop-level swapper as the glue needs it."""
-
-    name: str
-    template: str
-    crop_size: int
-    swap_crops: CropSwap
 
 
 @dataclass(frozen=True)
@@ -77,23 +65,15 @@ def largest_face(detector: YunetDetector, image: ImageBGR) -> Face:
     return max(faces, key=lambda f: f.area)
 
 
-def swap_with(swap: Swap, detector: YunetDetector, source: ImageBGR, target: ImageBGR) -> ImageBGR:
-    """The source's largest face swapped onto the target's largest face, pasted back into the target.
-
-    Local glue until the project's orchestration drives crop-level swappers: YuNet, both faces warped to
-    the swapper's template, ``swap_crops``, paste-back through the box mask times the swapper's mask.
-    """
-    target_face = largest_face(detector, target)
-    source_face = largest_face(detector, source)
-    target_crop, affine = warp_face(target, target_face.landmarks, swap.template, swap.crop_size)
-    source_crop, _ = warp_face(source, source_face.landmarks, swap.template, swap.crop_size)
-    swapped, masks = swap.swap_crops(target_crop[None], source_crop[None])
-    mask = box_mask(swap.crop_size, MASK_BLUR) * masks[0]
-    return paste_back(target, swapped[0], affine, mask)
+def swap_with(orchestrator: SwapOrchestrator, source: ImageBGR, target: ImageBGR) -> ImageBGR:
+    """The source's largest face onto the target's largest face, by the project's one orchestration."""
+    return asyncio.run(orchestrator.swap(source, target, SwapOptions())).image
 
 
 def identity(embedder: ArcFaceEmbedder, detector: YunetDetector, image: ImageBGR) -> Embedding:
-    return embedder.embed_face(image, largest_face(detector, image))
+    crop, _ = warp_face(image, largest_face(detector, image).landmarks, embedder.template, embedder.crop_size)
+    embedding: Embedding = embedder.embed_crops(crop[None])[0]
+    return embedding
 
 
 def sharpness(image: ImageBGR, box: npt.NDArray[np.float32]) -> float:
@@ -106,13 +86,16 @@ def sharpness(image: ImageBGR, box: npt.NDArray[np.float32]) -> float:
 
 
 def evaluate(
-    swap: Swap, detector: YunetDetector, embedder: ArcFaceEmbedder, images: dict[str, ImageBGR]
+    orchestrator: SwapOrchestrator,
+    detector: YunetDetector,
+    embedder: ArcFaceEmbedder,
+    images: dict[str, ImageBGR],
 ) -> list[Row]:
     """One row per ordered (source, target) pair of ``images``."""
     embeddings = {name: identity(embedder, detector, image) for name, image in images.items()}
     rows = []
     for source, target in permutations(sorted(images), 2):
-        out = swap_with(swap, detector, images[source], images[target])
+        out = swap_with(orchestrator, images[source], images[target])
         e = identity(embedder, detector, out)
         box = largest_face(detector, images[target]).bbox
         rows.append(
@@ -145,27 +128,18 @@ def table(name: str, rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def build_swaps(session_config: SessionConfig) -> dict[str, Swap]:
-    classical = ClassicalSwapper()
-    mesh = MeshSwapper(FaceMeshLandmarker(create_session(packaged_model_path(), session_config)))
-
-    def classical_swap(crops: CropsBGR, sources: CropsBGR) -> tuple[CropsBGR, npt.NDArray[np.float32]]:
-        # the classical swapper blends inside its own ellipse and leaves the rest of the crop unchanged.
-        done = classical.swap_crops(crops, sources.astype(np.float32))
-        return done, np.ones(crops.shape[:3], np.float32)
-
-    return {
-        "classical": Swap("classical", classical.template, classical.crop_size, classical_swap),
-        "mesh": Swap(mesh.name, mesh.template, mesh.crop_size, mesh.swap_crops),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--assets", type=Path, default=REPO.parent / "shared" / "assets")
-    parser.add_argument("--swappers", nargs="+", choices=("classical", "mesh"), default=["classical", "mesh"])
+    parser.add_argument(
+        "--profile", choices=PROFILES, default="auto", help="the models that swap (default auto)"
+    )
+    parser.add_argument(
+        "--models-dir", type=Path, help="models folder of the profile (default: the cache dir)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the rows and means as JSON")
     args = parser.parse_args(argv)
     config = SessionConfig()
     models = args.assets / "models"
@@ -177,9 +151,20 @@ def main(argv: list[str] | None = None) -> int:
         for path in sorted((args.assets / "images").iterdir())
         if path.name != GROUP_PHOTO
     }
-    swaps = build_swaps(config)
-    for name in args.swappers:
-        sys.stdout.write(table(name, evaluate(swaps[name], detector, embedder, images)) + "\n\n")
+    swap_models = build_models(
+        PipelineConfig(profile=args.profile, models_dir=args.models_dir, enhance=False)
+    )
+    orchestrator = SwapOrchestrator(swap_models.ports())
+    name = f"profile {args.profile}: {orchestrator.components}"
+    rows = evaluate(orchestrator, detector, embedder, images)
+    sys.stdout.write(table(name, rows) + "\n")
+    if args.json is not None:
+        payload = {
+            "environment": environment(),
+            "components": orchestrator.components,
+            "rows": [asdict(r) for r in rows],
+        }
+        sys.stdout.write(f"wrote {write_json(args.json, payload)}\n")
     return 0
 
 

@@ -38,8 +38,8 @@ def _listed() -> dict[str, str]:
 
 
 def _is_asset(path: Path) -> bool:
-    """A model or photo, not one of the licence, notice or provenance texts beside it."""
-    texts = path.name.startswith(("LICENSE", "NOTICE")) or path.suffix in {".txt", ".md"}
+    """A model, photo or data file, not one of the licence or notice texts beside it."""
+    texts = path.name.startswith(("LICENSE", "NOTICE")) or path.suffix in {".txt", ".md", ".NOTICE"}
     return path.is_file() and not texts
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 
 import cv2
 import numpy as np
-
-import asyncio
-
 import pytest
 
 from pipeline.geometry import box_mask, face_region_mask
@@ -35,7 +33,7 @@ def test_swap_two_real_photos_changes_only_the_face(assets, load_image, tmp_path
     summary = json.loads(proc.stdout)
     assert summary["profile"] == "lite" and summary["faces_swapped"] == 1
     label = read_label(out.read_bytes())
-    assert label is not None and label.models["swapper"] == "classical"
+    assert label is not None and label.models["swapper"] == "mesh_classical"
     result = cv2.imread(str(out))
     original = load_image(target.name)
     assert result.shape == original.shape
@@ -125,8 +123,14 @@ def test_every_subcommand_has_help(command, expected):
     proc = _faceswap(*command)
     assert proc.returncode == 0 and expected in proc.stdout, proc.stderr
     if command[0] == "swap":
-        for text in ("image with the face to put in", "--face-selector-mode", "{one,many,reference}",
-                     "--blend-ratio", "0 to 1", "--max-faces"):
+        for text in (
+            "image with the face to put in",
+            "--face-selector-mode",
+            "{one,many,reference}",
+            "--blend-ratio",
+            "0 to 1",
+            "--max-faces",
+        ):
             assert text in proc.stdout, text
 
 
@@ -138,7 +142,9 @@ def test_version_and_verbose_anywhere(tmp_path):
 
 
 def test_models_list_shows_every_folder_searched(assets, tmp_path):
-    (tmp_path / "scrfd_500m_bnkps.onnx").write_bytes((assets / "models" / "scrfd_500m_bnkps.onnx").read_bytes())
+    (tmp_path / "scrfd_500m_bnkps.onnx").write_bytes(
+        (assets / "models" / "scrfd_500m_bnkps.onnx").read_bytes()
+    )
     proc = _faceswap("models", "list", "--models-dir", str(tmp_path), "--shared-assets")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -152,7 +158,9 @@ def test_models_list_shows_every_folder_searched(assets, tmp_path):
 
 def test_output_folder_must_exist_and_enhance_only_says_so(assets, tmp_path):
     real = str(assets / "images" / "codait_luciano_cc0.png")
-    proc = _faceswap("swap", real, real, "-o", str(tmp_path / "missing" / "dir" / "x.jpg"), "--profile", "lite")
+    proc = _faceswap(
+        "swap", real, real, "-o", str(tmp_path / "missing" / "dir" / "x.jpg"), "--profile", "lite"
+    )
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert not (tmp_path / "missing").exists()
     out = tmp_path / "enhanced.jpg"

@@ -1,5 +1,5 @@
 """Face detectors: pure helpers, graph-contract checks on tiny hand-built ONNX graphs, and the real
-SCRFD-500M / YuNet models and the Haar cascade on the real photos in ../shared/assets."""
+SCRFD-500M / YuNet models on the real photos in ../shared/assets."""
 
 from __future__ import annotations
 
@@ -10,16 +10,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from pipeline.canvas import CanvasSpec, faces_to_image, make_canvas, pad_canvas
 from pipeline.errors import InvalidInputError, InvalidOptionError, ModelContractError
 from pipeline.models.detectors import (
-    HaarDetector,
     ScrfdDetector,
     YunetDetector,
     distance2bbox,
     distance2kps,
     nms,
 )
-from pipeline.canvas import CanvasSpec, faces_to_image, make_canvas, pad_canvas
 from pipeline.sessions import SessionConfig, create_session
 from pipeline.types import Face
 
@@ -296,44 +295,3 @@ def test_yunet_threshold_override_and_canvas_matches_fixed_model(detectors, load
     for a, b in zip(fixed, canvas, strict=True):
         np.testing.assert_allclose(a.bbox, b.bbox, atol=0.5)
         np.testing.assert_allclose(a.landmarks, b.landmarks, atol=0.5)
-
-
-# ---------------------------------------------------------------------------------------------- Haar
-@pytest.fixture(scope="module")
-def haar() -> HaarDetector:
-    return HaarDetector()
-
-
-@pytest.mark.assets
-@pytest.mark.parametrize(
-    "image_name", [PORTRAIT, "codait_luciano_cc0.png", "astronaut_eileen_collins_nasa.png"]
-)
-def test_haar_finds_the_one_face(haar, detectors, load_image, image_name: str) -> None:
-    image = load_image(image_name)
-    faces = haar.detect(image)
-    assert len(faces) == 1, [(f.score, f.bbox.tolist()) for f in faces]
-    (reference,) = detectors["yunet_full"].detect(image)
-    assert iou(faces[0].bbox, reference.bbox) > 0.3
-    check_face(faces[0], image.shape)
-    nose = faces[0].landmarks[2]
-    assert faces[0].landmarks[0, 0] < nose[0] < faces[0].landmarks[1, 0]
-    # the eye pair came from the eye cascade: eyes within 6% of the face width of YuNet's
-    width = reference.bbox[2] - reference.bbox[0]
-    assert np.all(np.linalg.norm(faces[0].landmarks[:2] - reference.landmarks[:2], axis=1) < 0.06 * width)
-
-
-@pytest.mark.assets
-def test_haar_score_threshold(haar, load_image) -> None:
-    image = load_image("astronaut_eileen_collins_nasa.png")
-    (face,) = haar.detect(image, score_threshold=0.0)
-    assert 0.0 < face.score < 1.0
-    assert haar.detect(image, score_threshold=min(1.0, face.score + 0.01)) == []
-    assert len(haar.detect(image, score_threshold=face.score)) == 1
-
-
-def test_haar_no_face_in_flat_image_and_rejects_bad_input(haar) -> None:
-    assert haar.detect(np.full((240, 320, 3), 128, np.uint8)) == []
-    with pytest.raises(InvalidInputError):
-        haar.detect(np.zeros((0, 10, 3), np.uint8))
-    with pytest.raises(InvalidOptionError):
-        HaarDetector(min_face=5)

@@ -16,8 +16,8 @@ import pytest
 
 from pipeline.catalogue import Catalogue, ModelSpec
 from pipeline.download import download_model, ensure_models
-from pipeline.progress import Progress
 from pipeline.errors import DownloadError, ModelNotFoundError
+from pipeline.progress import Progress
 
 PAYLOAD = random.Random(20261124).randbytes(300_000)
 CHUNK = 16 * 1024

@@ -132,7 +132,10 @@ def _crop(real: SimpleNamespace, image: np.ndarray) -> np.ndarray:
 
 def _identity(real: SimpleNamespace, crop: np.ndarray) -> np.ndarray:
     """Embedding of an ffhq_512 crop: its 5 template points are where the face's landmarks are."""
-    return real.embedder.embed_face(crop, SimpleNamespace(landmarks=template_points("ffhq_512", S)))
+    aligned, _ = warp_face(
+        crop, template_points("ffhq_512", S), real.embedder.template, real.embedder.crop_size
+    )
+    return real.embedder.embed_crops(aligned[None])[0]
 
 
 @pytest.mark.parametrize(

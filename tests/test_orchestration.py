@@ -45,7 +45,7 @@ def _face(x: float, y: float, side: float, score: float = 0.9) -> Face:
 
 
 class FakeDetector:
-    """Returns ``faces[i]`` (given in IMAGE pixels of a 2x larger image) for the i-th distinct canvas shape."""
+    """Answers each canvas with the faces given for its (height, width), in canvas pixels."""
 
     def __init__(self, by_shape: dict[tuple[int, int], list[Face]], canvas: CanvasSpec) -> None:
         self.info = DetectorInfo("fake_detector", canvas)
@@ -190,7 +190,9 @@ def test_blend_ratio_zero_and_zero_masks_give_the_target_back() -> None:
 def test_max_faces_from_the_request_and_the_service() -> None:
     many = SwapOptions(face_selector_mode="many")
     assert _swap(_ports(), many, max_faces=2).faces_swapped == 2
-    assert _swap(_ports(), SwapOptions(face_selector_mode="many", max_faces=1), max_faces=2).faces_swapped == 1
+    assert (
+        _swap(_ports(), SwapOptions(face_selector_mode="many", max_faces=1), max_faces=2).faces_swapped == 1
+    )
     assert _swap(_ports(), SwapOptions(face_selector_mode="one")).faces_swapped == 1
 
 
@@ -210,19 +212,22 @@ def test_reference_mode_embeds_everything_in_one_call_and_picks_the_closest() ->
     target[y1 - 40 : y2 + 40, x1 - 40 : x2 + 40] = (0, 0, 255)
     reference = np.zeros((300, 300, 3), np.uint8)
     reference[:] = (0, 0, 255)
-    ports = _ports(
-        detector=FakeDetector(
-            {(300, 400): TARGET_FACES, (300, 300): [SOURCE_FACE]}, CANVAS
-        )
+    ports = _ports(detector=FakeDetector({(300, 400): TARGET_FACES, (300, 300): [SOURCE_FACE]}, CANVAS))
+    result = _swap(
+        ports,
+        SwapOptions(face_selector_mode="reference", reference_face_distance=0.05),
+        target=target,
+        reference=reference,
     )
-    result = _swap(ports, SwapOptions(face_selector_mode="reference", reference_face_distance=0.05), target=target,
-                   reference=reference)
     assert ports.embedder.calls == [1 + 1 + 3]  # source, reference and the 3 candidates together
     assert result.faces_swapped == 1
     np.testing.assert_allclose(result.faces[0].bbox, chosen.bbox, rtol=1e-6)
     with pytest.raises(NoFaceError, match="within distance"):
-        _swap(_ports(), SwapOptions(face_selector_mode="reference", reference_face_distance=0.0),
-              reference=np.zeros((300, 300, 3), np.uint8) + 17)
+        _swap(
+            _ports(),
+            SwapOptions(face_selector_mode="reference", reference_face_distance=0.0),
+            reference=np.zeros((300, 300, 3), np.uint8) + 17,
+        )
 
 
 def test_enhance_only_runs_no_swapper_and_ignores_padding() -> None:
@@ -251,7 +256,9 @@ def test_errors_before_any_model_runs() -> None:
             asyncio.run(orchestrator.swap(kwargs.get("source", SOURCE), TARGET, options))
     assert ports.detector.calls == []
     with pytest.raises(InvalidOptionError, match="reference image"):
-        asyncio.run(SwapOrchestrator(_ports()).swap(SOURCE, TARGET, SwapOptions(face_selector_mode="reference")))
+        asyncio.run(
+            SwapOrchestrator(_ports()).swap(SOURCE, TARGET, SwapOptions(face_selector_mode="reference"))
+        )
 
 
 def test_no_face_errors_name_the_image() -> None:
@@ -393,7 +400,9 @@ def test_enhancer_runs_after_the_swap(assets, test_models, load_image):
     plain = asyncio.run(orchestrator.swap(source, target, SwapOptions()))
     enhanced = asyncio.run(orchestrator.swap(source, target, SwapOptions().with_enhance(True)))
     assert np.abs(enhanced.image.astype(int) - plain.image.astype(int)).max() > 0
-    none = asyncio.run(orchestrator.swap(source, target, SwapOptions(face_enhancer_blend=0).with_enhance(True)))
+    none = asyncio.run(
+        orchestrator.swap(source, target, SwapOptions(face_enhancer_blend=0).with_enhance(True))
+    )
     assert np.array_equal(none.image, plain.image)
 
 

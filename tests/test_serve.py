@@ -130,7 +130,8 @@ def tm(serve_url: str, tm_args: dict[str, Any]) -> str:
 
 @pytest.fixture(scope="module")
 def lite(serve_url: str) -> str:
-    """The lite profile at ``/lite``: one swap at a time on the detector, three at the ingress."""
+    """The lite profile at ``/lite``: one detector call at a time (one more queued), three swaps at the
+    ingress."""
     args = {
         "profile": "lite",
         "enhance": False,

@@ -96,6 +96,10 @@ class MeshSwapper:
     fraction of the crop side. Deterministic: the same crops give the same bytes.
     """
 
+    identity = "crop"
+    """The source face itself, aligned like the target crops."""
+    identity_dim = None
+
     def __init__(
         self,
         landmarker: FaceMeshLandmarker,
