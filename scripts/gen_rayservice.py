@@ -305,8 +305,8 @@ Ray {ray} as pinned in pyproject.toml). Ray fetches the app from working_dir, a 
 repository, and pip-installs pyproject's dependencies (without ray, which the image has; with the gpu
 extra's onnxruntime-gpu) once per node. Chosen over a custom image so that deploying needs no image
 build or registry (the model catalogue travels inside the pipeline package). Point working_dir at
-your fork or a commit archive with --working-dir-url. For faster cold starts, build an image FROM the worker image with `pip install ".[gpu]"` and drop
-runtime_env.
+your fork or a commit archive with --working-dir-url. For faster cold starts, build an image FROM the
+worker image with `pip install ".[gpu]"` and drop runtime_env.
 
 Layout (sizes computed from the args by scripts/gen_rayservice.py):
 - head: GCS, dashboard, Serve controller and an HTTP proxy. num-cpus "0": no replica lands on it, so a
