@@ -132,9 +132,12 @@ def follow_face(
         return failed
     offset = np.array([cx1, cy1], np.float64)
     before, after = (
-        cv2.resize(np.ascontiguousarray(g[cy1:cy2, cx1:cx2]), size, interpolation=cv2.INTER_AREA)
-        if scale < 1.0
-        else np.ascontiguousarray(g[cy1:cy2, cx1:cx2])
+        np.asarray(
+            cv2.resize(np.ascontiguousarray(g[cy1:cy2, cx1:cx2]), size, interpolation=cv2.INTER_AREA)
+            if scale < 1.0
+            else np.ascontiguousarray(g[cy1:cy2, cx1:cx2]),
+            np.uint8,
+        )
         for g in (previous, current)
     )
     points = [((np.asarray(face.landmarks, np.float64).reshape(5, 2) - offset) * scale).astype(np.float32)]
@@ -148,13 +151,8 @@ def follow_face(
         if corners is not None:
             points.append(corners.reshape(-1, 2).astype(np.float32))
     start = np.concatenate(points).reshape(-1, 1, 2)
-    lk = {
-        "winSize": (cfg.window, cfg.window),
-        "maxLevel": cfg.levels,
-        "criteria": (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01),
-    }
-    moved, ok, _ = cv2.calcOpticalFlowPyrLK(before, after, start, None, **lk)
-    back, ok_back, _ = cv2.calcOpticalFlowPyrLK(after, before, moved, None, **lk)
+    moved, ok = _lucas_kanade(before, after, start, cfg)
+    back, ok_back = _lucas_kanade(after, before, moved, cfg)
     fb_error = np.linalg.norm((back - start).reshape(-1, 2), axis=1)
     good = (ok.ravel() == 1) & (ok_back.ravel() == 1) & (fb_error < cfg.fb_threshold)
     if good.sum() < 3:
@@ -179,6 +177,23 @@ def follow_face(
     if expected is not None and _jump(bbox, np.asarray(expected, np.float64)) > cfg.max_jump:
         return Followed(failed.face, confidence, None)
     return Followed(Face(bbox, moved_landmarks, face.score), confidence, motion)
+
+
+def _lucas_kanade(
+    before: GrayImage, after: GrayImage, points: npt.NDArray[np.float32], cfg: FollowConfig
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """``points`` (N, 1, 2) of ``before`` found in ``after`` by pyramidal Lucas-Kanade, and their status
+    (N, 1), 1 where found."""
+    moved, status, _ = cv2.calcOpticalFlowPyrLK(
+        before,
+        after,
+        points,
+        np.empty_like(points),
+        winSize=(cfg.window, cfg.window),
+        maxLevel=cfg.levels,
+        criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01),
+    )
+    return np.asarray(moved, np.float32), np.asarray(status, np.uint8)
 
 
 def _jump(box: npt.ArrayLike, expected: npt.NDArray[np.float64]) -> float:
@@ -244,7 +259,7 @@ class KeyframeTracker:
     def _step(
         self, frame_index: int, image: ImageBGR
     ) -> tuple[list[TrackedFace], dict[int, npt.NDArray[np.float64]]]:
-        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        gray: GrayImage = np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), np.uint8)
         due = self._last_detection is None or frame_index - self._last_detection >= self.detect_every
         followed: dict[int, Face] = {}
         motion: dict[int, npt.NDArray[np.float64]] = {}

@@ -79,7 +79,7 @@ class TrackedFace:
         """As a :class:`~pipeline.types.Face` (for the swap stages), with the track's embedding."""
         return Face(self.bbox, self.landmarks, self.score, self.embedding)
 
-    def moved(self, bbox: Box, landmarks: Landmarks5) -> TrackedFace:
+    def moved(self, bbox: npt.ArrayLike, landmarks: npt.ArrayLike) -> TrackedFace:
         """The same face with new geometry (e.g. smoothed), as float32."""
         return replace(
             self,

@@ -228,3 +228,28 @@ def test_astronaut_video_tracking_beats_per_frame_detection(assets: Path):
     assert result.calls_per_frame <= 0.35
     assert rms(tracked) <= 1.05 * rms(per_frame)
     assert jitter(tracked) <= 0.5 * jitter(per_frame)
+
+
+def test_clip_truth_matches_the_shipped_video(assets: Path):
+    """The bench's truth rests on reproducing the generator's camera: rendered frames equal the shipped
+    video's decoded frames up to H.264 noise, and YuNet's landmarks lie near the mapped photo landmarks."""
+    from bench.clips import ClipRenderer, clip
+    from pipeline.models.detectors import YunetDetector
+    from pipeline.sessions import SessionConfig, create_session
+    from pipeline.video import read_frames
+
+    detector = YunetDetector(
+        create_session(
+            assets / "models" / "face_detection_yunet_2026may.onnx", SessionConfig(providers=("cpu",))
+        )
+    )
+    spec = clip("astronaut")
+    renderer = ClipRenderer(assets, spec, detector.detect)
+    truth = renderer.truth()
+    assert truth.landmarks.shape == (75, 1, 5, 2) and truth.visible.all()
+    for frame in read_frames(assets / "video" / spec.shipped):
+        if frame.index in (0, 37, 74):
+            diff = renderer.render(frame.index).astype(np.float64) - frame.image
+            assert 10 * np.log10(255**2 / np.mean(diff**2)) > 35.0
+            (face,) = detector.detect(frame.image)
+            assert np.linalg.norm(face.landmarks - truth.landmarks[frame.index, 0], axis=1).max() < 15.0
