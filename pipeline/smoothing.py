@@ -16,7 +16,9 @@ Both act on a face's box and 5 landmarks together, in image pixels, and both tak
   the face is still and lags little when it moves. Time is counted in frames, cutoffs in cycles per
   frame. One cutoff serves the whole face (box and landmarks), so the face's shape is not distorted by
   per-point lag, and the speed is measured in face sizes per frame, so the same settings suit small and
-  large faces.
+  large faces. Given each track's frame-to-frame motion (the optical flow of
+  :mod:`pipeline.follow`), the filter is motion-compensated: it smooths only what that motion does not
+  explain, so it removes detection noise without trailing behind a moving face.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ ONE_EURO_D_CUTOFF = 0.2
 
 
 def check_strength(strength: float) -> float:
+    """``strength`` as a float in [0, 1]; InvalidOptionError otherwise."""
     strength = float(strength)
     if not 0.0 <= strength <= 1.0 or math.isnan(strength):
         raise InvalidOptionError(f"smoothing strength must be in [0, 1], got {strength}")
