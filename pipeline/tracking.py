@@ -128,9 +128,6 @@ class Track:
         """Sum of the box areas over the track's frames: mean area x duration."""
         return float(sum(f.area for f in self.faces))
 
-    def count(self, source: Source) -> int:
-        return sum(1 for f in self.faces if f.source == source)
-
     def with_geometry(self, boxes: npt.ArrayLike, landmarks: npt.ArrayLike) -> Track:
         """The same track with new (T, 4) boxes and (T, 5, 2) landmarks (e.g. smoothed)."""
         boxes = np.asarray(boxes, np.float32).reshape(len(self), 4)
