@@ -26,6 +26,7 @@ from pipeline.orchestration import DEFAULT_MAX_FACES
 from pipeline.profiles import PipelineConfig
 from pipeline.sessions import SessionConfig
 from pipeline.video import X264_PRESETS
+from serve_app.forms import UploadPace
 
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 """Default limit of one swap request body (all uploads together), checked while it is read."""
@@ -139,6 +140,11 @@ class IngressArgs(ScalingArgs):
     max_ongoing_requests: int = Field(default=64, ge=1)
     max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1024)
     """Limit of one request body (all uploads together), enforced while the multipart stream is read."""
+    upload_idle_timeout_s: float = Field(default=10.0, gt=0)
+    """A request body that stops arriving for this long is answered 408."""
+    upload_min_bytes_per_s: float = Field(default=32 * 1024, ge=0)
+    """A request body arriving slower than this on average (after ``upload_grace_s``) is answered 408."""
+    upload_grace_s: float = Field(default=5.0, ge=0)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     """Decoded pixel-count limit per image."""
     max_inflight_swaps: int = Field(default=32, ge=1)
@@ -152,6 +158,10 @@ class IngressArgs(ScalingArgs):
     provenance: bool = True
     """Label every output image as synthetic (XMP DigitalSourceType + JSON label, see README)."""
     readiness_timeout_s: float = Field(default=5.0, gt=0)
+
+    def upload_pace(self) -> UploadPace:
+        """How slowly a request body may arrive (``serve_app.forms.UploadPace``)."""
+        return UploadPace(self.upload_idle_timeout_s, self.upload_min_bytes_per_s, self.upload_grace_s)
 
 
 class AuthArgs(_Strict):

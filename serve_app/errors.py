@@ -74,6 +74,13 @@ class RateLimitedError(FaceSwapError):
         self.retry_after_s = retry_after_s
 
 
+class RequestTimeoutError(FaceSwapError):
+    """The request body arrived too slowly (or stopped arriving)."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class RouteError(FaceSwapError):
     """An HTTP routing error (unknown path, wrong method)."""
 

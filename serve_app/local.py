@@ -27,9 +27,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_serve(
-    num_cpus: int | None = 4, num_gpus: int = 1, port: int = 0, **ray_init: Any
-) -> Iterator[str]:
+def local_serve(num_cpus: int | None = 4, num_gpus: int = 1, port: int = 0, **ray_init: Any) -> Iterator[str]:
     """A fresh local Ray (never a cluster that `ray start` left running) with ``num_cpus`` CPUs (None: all)
     and ``num_gpus`` logical GPUs, and Serve's HTTP proxy on 127.0.0.1:``port`` (0: a free port). Ray's
     own log lines stay in its log files (``logging_level`` WARNING for the driver). Yields the base URL;

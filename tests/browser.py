@@ -7,11 +7,8 @@ browser tests skip with the reason.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import importlib.util
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +29,6 @@ CHROMIUM_ARGS = (
     "--disable-sync",
 )
 """Headless, no sandbox (CI containers run as root), and no traffic of its own besides the page's."""
-_INLINE = re.compile(r"<(script|style)(?:\s[^>]*)?>(.*?)</\1>", re.DOTALL | re.IGNORECASE)
 
 
 def require_chromium() -> None:
@@ -66,29 +62,3 @@ def chromium_context(profile_dir: Path, **options: Any) -> Iterator[Any]:
             yield context
         finally:
             context.close()
-
-
-def inline_blocks(html: str) -> dict[str, list[str]]:
-    """The bodies of the page's inline ``<script>`` and ``<style>`` elements, by tag name."""
-    blocks: dict[str, list[str]] = {"script": [], "style": []}
-    for tag, body in _INLINE.findall(html):
-        blocks[tag.lower()].append(body)
-    return blocks
-
-
-def strict_csp(html: str) -> str:
-    """A Content-Security-Policy that allows exactly the page's inline script and style (by sha256 hash),
-    same-origin requests and ``data:`` images, and nothing else."""
-
-    def hashes(bodies: list[str]) -> str:
-        digests = (base64.b64encode(hashlib.sha256(b.encode("utf-8")).digest()).decode() for b in bodies)
-        return " ".join(f"'sha256-{d}'" for d in digests)
-
-    blocks = inline_blocks(html)
-    return (
-        "default-src 'none'; "
-        f"script-src {hashes(blocks['script'])}; "
-        f"style-src {hashes(blocks['style'])}; "
-        "img-src 'self' data:; connect-src 'self'; "
-        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    )

@@ -2,8 +2,9 @@
 (lite profile, CPU): the form built from openapi.json, one request per double click, a swap of the two
 bundled photos, the before/after view and download, and a non-image answered with the error text.
 
-The page is served under a strict Content-Security-Policy (hashes of its one inline script and style), so
-a CSP-unfriendly change fails here. Screenshots go to out/browser/ (test artefacts)."""
+The service sends the page with a strict Content-Security-Policy (hashes of its one inline script and
+style, serve_app.page), so a CSP-unfriendly change fails here. Screenshots go to out/browser/ (test
+artefacts)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import numpy as np
 import pytest
 
 from pipeline.bundled import bundled_image
-from tests.browser import chromium_context, inline_blocks, require_chromium, strict_csp
+from serve_app.page import content_security_policy, inline_blocks
+from tests.browser import chromium_context, require_chromium
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -68,7 +70,7 @@ def app_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def page(app_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The page in a fresh headless Chromium, served with a strict CSP, its swap form rendered."""
+    """The page in a fresh headless Chromium, with the service's own CSP, its swap form rendered."""
     with chromium_context(
         tmp_path_factory.mktemp("chromium") / "profile", viewport={"width": 1200, "height": 900}
     ) as context:
@@ -76,13 +78,11 @@ def page(app_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any
         errors: list[str] = []
         tab.on("pageerror", lambda exc: errors.append(str(exc)))
 
-        def with_csp(route: Any) -> None:
-            response = route.fetch()
-            headers = {**response.headers, "content-security-policy": strict_csp(response.text())}
-            route.fulfill(response=response, headers=headers)
-
-        tab.route(re.compile(re.escape(app_url) + r"/?$"), with_csp)
-        tab.goto(app_url)
+        answer = tab.goto(app_url)
+        assert answer is not None
+        assert answer.headers["content-security-policy"] == content_security_policy(PAGE.read_text())
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["x-frame-options"] == "DENY"
         tab.evaluate(RECORDER)
         tab.wait_for_selector("#options .field", timeout=WAIT_MS)
         yield tab
@@ -100,7 +100,7 @@ def test_page_is_csp_friendly() -> None:
 
 
 def test_the_page_runs_under_a_strict_csp(page: Any) -> None:
-    """The CSP from strict_csp is in force (a probe style attribute is refused) and the page itself, with its
+    """The service's CSP is in force (a probe style attribute is refused) and the page itself, with its
     form rendered, caused no violation."""
     assert page.evaluate("window.__violations") == []
     probe = '<b id="probe" style="color: red"></b>'
