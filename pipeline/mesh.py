@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from types import MappingProxyType
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
@@ -45,9 +46,12 @@ NOSE_TIP = 1
 MOUTH_CORNERS = (61, 291)
 """Outer lip corners, image-left (the subject's right) first."""
 
-REGIONS = ("skin", "left-eyebrow", "right-eyebrow", "left-eye", "right-eye", "nose", "mouth", "upper-lip",
-           "lower-lip")  # fmt: skip
+FaceRegion = Literal[
+    "skin", "left-eyebrow", "right-eyebrow", "left-eye", "right-eye", "nose", "mouth", "upper-lip",
+    "lower-lip",
+]  # fmt: skip
 """FaceFusion's ``face_mask_regions`` names (without ``glasses``, which a mesh cannot see)."""
+REGIONS: tuple[str, ...] = get_args(FaceRegion)
 
 _LIP_CORNER = len(LIPS_OUTER) // 2
 _REGION_OUTLINES = MappingProxyType(

@@ -18,9 +18,11 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from pipeline.errors import InvalidOptionError
+from pipeline.mesh import REGIONS, FaceRegion
 
 SelectorMode = Literal["one", "many", "reference"]
 FrameProcessor = Literal["face_swapper", "face_enhancer"]
+MaskType = Literal["box", "region"]
 FRAME_PROCESSORS: tuple[str, ...] = get_args(FrameProcessor)
 SELECTOR_MODES: tuple[str, ...] = get_args(SelectorMode)
 
@@ -30,6 +32,8 @@ MIN_DETECTOR_SCORE = 0.1
 """Lowest accepted ``detector_score``: below it detectors return noise (thousands of "faces")."""
 _MAX_TEXT = 64
 """Longest string accepted for one numeric value."""
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 _INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 
@@ -92,6 +96,20 @@ def _padding(raw: object) -> object:
     return values
 
 
+def _boolean(raw: object) -> object:
+    """A JSON boolean, or one of true/false, yes/no, on/off, 1/0 (ASCII, any case)."""
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError("expected true or false")
+    if isinstance(raw, bool):
+        return raw
+    raise ValueError("expected true or false")
+
+
 def _stripped(raw: object) -> object:
     return raw.strip() if isinstance(raw, str) else raw
 
@@ -102,16 +120,19 @@ def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
+def _choices(kind: Any) -> Any:
+    """A tuple of distinct choices of ``kind``, given as a JSON list or a comma/space separated string."""
+    return Annotated[
+        tuple[kind, ...], BeforeValidator(_text_list), AfterValidator(_unique), Field(min_length=1)
+    ]
+
+
+Boolean = Annotated[bool, BeforeValidator(_boolean)]
 Number = Annotated[float, BeforeValidator(_number)]
 Integer = Annotated[int, BeforeValidator(_integer)]
 Percent = Annotated[int, BeforeValidator(_integer), Field(ge=0, le=100)]
 FaceCount = Annotated[int, BeforeValidator(_integer), Field(ge=1, le=MAX_FACES_CAP)]
-Processors = Annotated[
-    tuple[FrameProcessor, ...],
-    BeforeValidator(_text_list),
-    AfterValidator(_unique),
-    Field(min_length=1, max_length=len(FRAME_PROCESSORS)),
-]
+Processors = _choices(FrameProcessor)
 
 
 class SwapOptions(BaseModel):
@@ -132,6 +153,18 @@ class SwapOptions(BaseModel):
             default=(0, 0, 0, 0),
             description="Face mask padding in percent: top, right, bottom, left (one value for all four).",
         )
+    )
+    face_mask_types: _choices(MaskType) = Field(  # type: ignore[valid-type]
+        default=("box",),
+        description="Masks that shape the swapped face, combined by their minimum: box, region.",
+    )
+    face_mask_regions: _choices(FaceRegion) = Field(  # type: ignore[valid-type]
+        default=REGIONS,
+        description="Face regions the region mask keeps (from the dense face mesh).",
+    )
+    refine_landmarks: Boolean = Field(
+        default=False,
+        description="Align faces on 5 points taken from the dense face mesh instead of the detector's.",
     )
     face_enhancer_blend: Integer = Field(
         default=80, ge=0, le=100, description="Weight of the enhanced face, in percent."
@@ -226,7 +259,7 @@ class OptionFact:
     """One option as the CLI, the OpenAPI schema and the form present it (read off :class:`SwapOptions`)."""
 
     name: str
-    kind: Literal["number", "integer", "string", "list"]
+    kind: Literal["number", "integer", "string", "list", "boolean"]
     default: object
     description: str
     minimum: float | None = None
@@ -249,9 +282,11 @@ def option_facts() -> list[OptionFact]:
             choices = tuple(items["enum"])
         variants = prop.get("anyOf", [prop])
         types = {v.get("type") for v in variants} - {"null"}
-        kind: Literal["number", "integer", "string", "list"]
+        kind: Literal["number", "integer", "string", "list", "boolean"]
         if "array" in types:
             kind = "list"
+        elif "boolean" in types:
+            kind = "boolean"
         elif "integer" in types:
             kind = "integer"
         elif "number" in types:

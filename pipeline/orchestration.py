@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -27,6 +28,7 @@ from pipeline.errors import InvalidInputError, InvalidOptionError, NoFaceError, 
 from pipeline.geometry import blend, box_mask, paste_back, warp_face
 from pipeline.identities import Identity, IdentityCache, source_key
 from pipeline.imageio import decode_image, encode_image
+from pipeline.mesh import five_point_from_mesh, region_mask
 from pipeline.options import MAX_FACES_CAP, SwapOptions
 from pipeline.ports import CropSpec, Masks, Ports
 from pipeline.provenance import label_output
@@ -40,6 +42,11 @@ CpuRunner = Callable[..., Awaitable[Any]]
 """Runs a CPU-bound step: ``await cpu(function, *args)``. ``asyncio.to_thread`` in a server (the event
 loop keeps serving), :func:`run_inline` elsewhere."""
 
+LANDMARKER_SCORE = 0.5
+"""Dense landmarks of a face count only when the landmarker is this sure (FaceFusion's default
+``face_landmarker_score``); otherwise the detector's landmarks and the box mask alone are used."""
+REGION_FEATHER = 0.02
+"""Soft inner edge of a region mask, as a fraction of the crop side."""
 DEFAULT_MAX_FACES = 16
 """Faces processed per image when neither the request nor the service says otherwise."""
 CANDIDATES_PER_FACE = 4
@@ -133,6 +140,28 @@ def _paste_all(
         )
         at += n
     return out
+
+
+def _to_image(points: npt.NDArray[np.float32], affine: Affine) -> npt.NDArray[np.float32]:
+    """(P, 2) crop pixels -> image pixels through the inverse of the forward ``affine``."""
+    inverse = cv2.invertAffineTransform(affine)
+    return (points @ inverse[:, :2].T + inverse[:, 2]).astype(np.float32)
+
+
+def _to_crop(points: npt.NDArray[np.float32], affine: Affine) -> npt.NDArray[np.float32]:
+    """(P, 2) image pixels -> crop pixels through the forward ``affine``."""
+    return (points @ affine[:, :2].T + affine[:, 2]).astype(np.float32)
+
+
+def _region_masks(
+    faces: Sequence[Face], affines: npt.NDArray[np.float64], size: int, regions: Sequence[str]
+) -> npt.NDArray[np.float32]:
+    """(N, S, S) float32: each face's region mask in its crop (all ones where the face has no mesh)."""
+    masks = np.ones((len(faces), size, size), np.float32)
+    for i, (face, affine) in enumerate(zip(faces, affines, strict=True)):
+        if face.mesh is not None:
+            masks[i] = region_mask(_to_crop(face.mesh, affine), (size, size), regions, REGION_FEATHER * size)
+    return masks
 
 
 def _blend_all(before: Sequence[ImageBGR], after: Sequence[ImageBGR], ratio: float) -> list[ImageBGR]:
@@ -233,6 +262,47 @@ class SwapOrchestrator:
         faces = (await self.detect([reference], options.detector_score))[0]
         return (await self._embed([(reference, _largest(faces, "reference"))]))[0]
 
+    async def with_meshes(self, images: Sequence[ImageBGR], faces: Sequence[list[Face]]) -> list[list[Face]]:
+        """The faces with their dense landmarks attached (image pixels): one landmarker call for every face
+        without them. A face the landmarker is unsure of (under :data:`LANDMARKER_SCORE`) gets none."""
+        landmarker = self.ports.landmarker
+        if landmarker is None:
+            raise UnsupportedOptionError(
+                "region masks and refined landmarks need the face mesh; none is loaded"
+            )
+        todo = [[f for f in image_faces if f.mesh is None] for image_faces in faces]
+        if not any(todo):
+            return [list(f) for f in faces]
+        crops, affines = await self._cpu(_crop_all, images, todo, landmarker.info.crop)
+        dense = await landmarker.landmarks(crops)
+        meshes = iter(zip(dense.points, dense.scores, np.concatenate(affines), strict=True))
+        out = []
+        for image_faces in faces:
+            done = []
+            for face in image_faces:
+                if face.mesh is None:
+                    points, score, affine = next(meshes)
+                    if score >= LANDMARKER_SCORE:
+                        face = replace(face, mesh=_to_image(points, affine))
+                done.append(face)
+            out.append(done)
+        return out
+
+    async def refined(
+        self, images: Sequence[ImageBGR], faces: Sequence[list[Face]], options: SwapOptions
+    ) -> list[list[Face]]:
+        """The faces aligned on 5 points from their dense landmarks when ``options.refine_landmarks`` (as
+        FaceFusion's 5/68 landmarks), and with their meshes when region masks will need them."""
+        if not (options.refine_landmarks or "region" in options.face_mask_types):
+            return [list(f) for f in faces]
+        meshed = await self.with_meshes(images, faces)
+        if not options.refine_landmarks:
+            return meshed
+        return [
+            [f if f.mesh is None else replace(f, landmarks=five_point_from_mesh(f.mesh)) for f in image_faces]
+            for image_faces in meshed
+        ]
+
     async def select(
         self,
         images: Sequence[ImageBGR],
@@ -244,10 +314,11 @@ class SwapOrchestrator:
         get none). In reference mode the candidates of every image are embedded in one call."""
         limit = self.face_limit(options)
         if options.face_selector_mode != "reference":
-            return [select_faces(f, options.face_selector_mode)[:limit] for f in faces]
+            chosen = [select_faces(f, options.face_selector_mode)[:limit] for f in faces]
+            return await self.refined(images, chosen, options)
         if reference is None:
             raise InvalidOptionError("face_selector_mode 'reference' needs a reference face")
-        candidates = [_candidates(f, limit) for f in faces]
+        candidates = await self.refined(images, [_candidates(f, limit) for f in faces], options)
         pairs = [(image, face) for image, found in zip(images, candidates, strict=True) for face in found]
         vectors = await self._embed(pairs)
         selected, at = [], 0
@@ -268,6 +339,8 @@ class SwapOrchestrator:
         out = list(images)
         if not any(faces):
             return out
+        if "region" in options.face_mask_types:
+            faces = await self.with_meshes(out, faces)
         if options.swap:
             swapper = self.ports.swapper
             if identity is None or (identity.kind, identity.swapper) != (
@@ -279,10 +352,19 @@ class SwapOrchestrator:
             crops, affines = await self._cpu(_crop_all, out, faces, spec)
             identities = np.repeat(identity.value[None], len(crops), axis=0)
             swapped = await swapper.swap(crops, identities)
-            mask = box_mask(spec.size, options.face_mask_blur, options.face_mask_padding) * np.float32(
-                options.blend_ratio
-            )
-            out = await self._cpu(_paste_all, out, swapped.crops, affines, mask, swapped.masks)
+            mask = box_mask(spec.size, options.face_mask_blur, options.face_mask_padding)
+            masks = swapped.masks
+            if "region" in options.face_mask_types:
+                # FaceFusion combines its masks by their minimum; the swapper's own mask multiplies in
+                meshed = [f for image_faces in faces for f in image_faces]
+                regions = await self._cpu(
+                    _region_masks, meshed, np.concatenate(affines), spec.size, options.face_mask_regions
+                )
+                mask_each = np.minimum(mask, regions)
+                masks = mask_each if masks is None else mask_each * masks
+                mask = np.ones_like(mask)
+            ratio = np.float32(options.blend_ratio)
+            out = await self._cpu(_paste_all, out, swapped.crops, affines, mask * ratio, masks)
         if options.enhance:
             enhancer = self.ports.enhancer
             if enhancer is None:
@@ -322,22 +404,34 @@ class SwapOrchestrator:
             assert reference is not None
             images.append(reference)
         detected = await self.detect(images, options.detector_score)
-        target_faces = detected[0]
-        if not target_faces:
+        if not detected[0]:
             raise NoFaceError("no face found in the target image")
+        limit = self.face_limit(options)
+        # the target faces to process (reference mode: the candidates), then the source and reference faces
+        groups = [
+            _candidates(detected[0], limit)
+            if by_reference
+            else select_faces(detected[0], options.face_selector_mode)[:limit]
+        ]
+        if need_source:
+            groups.append([_largest(detected[1], "source")])
+        if by_reference:
+            groups.append([_largest(detected[-1], "reference")])
+        if not options.refine_landmarks:  # region masks only need the target faces' meshes
+            groups = (await self.refined([target], groups[:1], options)) + groups[1:]
+        else:
+            groups = await self.refined(images, groups, options)
+        targets = groups[0]
+        source_face = groups[1][0] if need_source else None
         pairs: list[tuple[ImageBGR, Face]] = []
-        source_face = _largest(detected[1], "source") if need_source else None
         embed_source = source_face is not None and self.ports.swapper.info.identity == "embedding"
         if embed_source:
             assert source is not None and source_face is not None
             pairs.append((source, source_face))
-        limit = self.face_limit(options)
-        candidates: list[Face] = []
         if by_reference:
             assert reference is not None
-            pairs.append((reference, _largest(detected[-1], "reference")))
-            candidates = _candidates(target_faces, limit)
-            pairs += [(target, face) for face in candidates]
+            pairs.append((reference, groups[-1][0]))
+            pairs += [(target, face) for face in targets]
         vectors = await self._embed(pairs) if pairs else None
         if source_face is not None:
             assert source is not None
@@ -346,19 +440,18 @@ class SwapOrchestrator:
                 identity = Identity("embedding", vectors[0], self.ports.swapper.info.name)
             else:
                 identity = await self._crop_identity(source, source_face)
+        selected = targets
         if by_reference:
             assert vectors is not None
             at = 1 if embed_source else 0
             reference_vector = vectors[at]
-            selected = _by_reference(candidates, vectors[at + 1 :], reference_vector, options, limit)
+            selected = _by_reference(targets, vectors[at + 1 :], reference_vector, options, limit)
             if not selected:
                 closest = min(cosine_distance(v, reference_vector) for v in vectors[at + 1 :])
                 raise NoFaceError(
                     f"no target face within distance {options.reference_face_distance} of the reference face "
                     f"(closest: {closest:.2f})"
                 )
-        else:
-            selected = select_faces(target_faces, options.face_selector_mode)[:limit]
         image = (await self.process([target], [selected], identity, options))[0]
         log.info("processed %d face(s) with %s", len(selected), self.components)
         return SwapResult(image, selected, self.components, identity if options.swap else None)

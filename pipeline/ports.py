@@ -67,6 +67,23 @@ class EnhancerInfo:
 
 
 @dataclass(frozen=True)
+class LandmarkerInfo:
+    name: str
+    crop: CropSpec
+    points: int
+    """Landmarks per face."""
+
+
+@dataclass(frozen=True)
+class DenseLandmarks:
+    """A landmarker's output: ``points`` (N, P, 2) float32 (x, y) in crop pixels and ``scores`` (N,)
+    float32 in [0, 1], how sure it is that each crop holds a face."""
+
+    points: npt.NDArray[np.float32]
+    scores: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
 class Swapped:
     """A swapper's output: ``crops`` (N, S, S, 3) uint8 BGR and optionally ``masks`` (N, S, S) float32 where
     the swap applies (None: the whole crop, shaped by the box mask alone)."""
@@ -108,6 +125,14 @@ class EnhancerPort(Protocol):
         ...
 
 
+class LandmarkerPort(Protocol):
+    info: LandmarkerInfo
+
+    async def landmarks(self, crops: CropsBGR) -> DenseLandmarks:
+        """(N, S, S, 3) uint8 BGR crops aligned to ``info.crop`` -> their dense landmarks."""
+        ...
+
+
 @dataclass(frozen=True)
 class Ports:
     """The models one orchestration runs on, and the profile they came from."""
@@ -116,6 +141,7 @@ class Ports:
     swapper: SwapperPort
     embedder: EmbedderPort | None = None
     enhancer: EnhancerPort | None = None
+    landmarker: LandmarkerPort | None = None
     profile: str = "custom"
 
     def __post_init__(self) -> None:
@@ -138,4 +164,5 @@ class Ports:
             "embedder": self.embedder.info.name if self.embedder is not None else None,
             "swapper": self.swapper.info.name,
             "enhancer": self.enhancer.info.name if self.enhancer is not None else None,
+            "landmarker": self.landmarker.info.name if self.landmarker is not None else None,
         }

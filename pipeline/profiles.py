@@ -191,10 +191,14 @@ class ModelFactory:
             std=spec.std,
         )
 
+    def landmarker(self) -> FaceMeshLandmarker:
+        """The dense face mesh shipped with the package (region masks, refined alignment, mesh swapper)."""
+        return FaceMeshLandmarker(self._session(packaged_model_path()))
+
     def swapper(self) -> Swapper:
         chosen = self._choose("swapper")
         if chosen is None:
-            return MeshSwapper(FaceMeshLandmarker(self._session(packaged_model_path())))
+            return MeshSwapper(self.landmarker())
         spec, path = chosen
         return InswapperSwapper(self._session(path), load_emap(path), name=spec.name)
 
@@ -217,5 +221,6 @@ def build_models(config: PipelineConfig | None = None, catalogue: Catalogue | No
         swapper=factory.swapper(),
         embedder=factory.embedder(),
         enhancer=factory.enhancer(),
+        landmarker=factory.landmarker(),
         profile=config.profile_label,
     )

@@ -1,10 +1,9 @@
 """The application builder: ``serve run serve_app.app:build_app`` or ``import_path`` in a Serve config.
 
 ``build_app(args)`` validates ``args`` strictly (see :class:`serve_app.config.AppArgs`; an unknown key
-is an error) and binds the graph ``SwapIngress(FaceDetector, FaceSwapper, FaceEmbedder?, FaceEnhancer?)``,
-each
-deployment with its own replicas or autoscaling range, CPUs, fractional GPUs, admission limits and
-batch knobs (``user_config``). The enhancer is only deployed when ``enhance`` is true.
+is an error) and binds the graph ``SwapIngress(FaceDetector, FaceSwapper, FaceEmbedder?, FaceEnhancer?,
+FaceLandmarker)``, each deployment with its own replicas or autoscaling range, CPUs, fractional GPUs,
+admission limits and batch knobs (``user_config``). The enhancer is only deployed when ``enhance`` is true.
 """
 
 from __future__ import annotations
@@ -44,5 +43,10 @@ def build_app(args: dict[str, Any]) -> Application:
     }
     ingress = _deployment(SwapIngress).options(**parsed.ingress.deployment_options())
     return ingress.bind(
-        bound["detector"], bound["swapper"], bound.get("embedder"), bound.get("enhancer"), parsed
+        detector=bound["detector"],
+        swapper=bound["swapper"],
+        embedder=bound.get("embedder"),
+        enhancer=bound.get("enhancer"),
+        landmarker=bound.get("landmarker"),
+        args=parsed,
     )

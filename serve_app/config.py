@@ -278,6 +278,8 @@ class AppArgs(_Strict):
     embedder: ModelDeploymentArgs = ModelDeploymentArgs()
     swapper: ModelDeploymentArgs = ModelDeploymentArgs(max_ongoing_requests=32)
     enhancer: ModelDeploymentArgs = ModelDeploymentArgs()
+    landmarker: ModelDeploymentArgs = ModelDeploymentArgs()
+    """The face mesh (shipped with the package): region masks and refined alignment."""
 
     @classmethod
     def parse(cls, args: AppArgs | dict[str, Any] | None) -> AppArgs:
@@ -309,6 +311,7 @@ class AppArgs(_Strict):
             deployments["embedder"] = self.embedder
         if self.enhance:
             deployments["enhancer"] = self.enhancer
+        deployments["landmarker"] = self.landmarker
         return deployments
 
     @property

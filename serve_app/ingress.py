@@ -117,9 +117,10 @@ class SwapIngress:
         swapper: DeploymentHandle,
         embedder: DeploymentHandle | None,
         enhancer: DeploymentHandle | None,
+        landmarker: DeploymentHandle | None,
         args: AppArgs,
     ) -> None:
-        self._handles = StageHandles(detector=detector, swapper=swapper, embedder=embedder, enhancer=enhancer)
+        self._handles = StageHandles(detector, swapper, embedder, enhancer, landmarker)
         self._args = args
         self._limits = args.ingress
         self._inflight = 0

@@ -21,9 +21,11 @@ from pipeline.options import SwapOptions
 from pipeline.orchestration import SwapOrchestrator, crops_for
 from pipeline.ports import (
     CropSpec,
+    DenseLandmarks,
     DetectorInfo,
     EmbedderInfo,
     EnhancerInfo,
+    LandmarkerInfo,
     Ports,
     Swapped,
     SwapperInfo,
@@ -156,6 +158,7 @@ def test_one_call_per_stage_and_faces_in_image_pixels() -> None:
         "embedder": "fake_embedder",
         "swapper": "fake_swapper",
         "enhancer": "fake_enhancer",
+        "landmarker": None,
     }
 
 
@@ -423,3 +426,51 @@ def test_a_source_sent_again_is_not_decoded_detected_or_embedded_again() -> None
     # another threshold is another key: the source is detected again
     asyncio.run(orchestrator.swap_encoded(uploads, SwapOptions(detector_score=0.6), media_type="image/png"))
     assert len(ports.detector.calls) == 3 and ports.embedder.calls == [1, 1] and len(cache) == 1
+
+
+class FakeLandmarker:
+    """Answers every crop with one synthetic mesh (real topology), in 192 px crops aligned to ffhq_512."""
+
+    def __init__(self, score: float = 0.9) -> None:
+        from tests.test_mesh import synthetic_mesh
+
+        self.info = LandmarkerInfo("fake_mesh", CropSpec("ffhq_512", 192), 468)
+        self.mesh = synthetic_mesh(192)
+        self.score = score
+        self.calls: list[int] = []
+
+    async def landmarks(self, crops: np.ndarray) -> DenseLandmarks:
+        self.calls.append(len(crops))
+        n = len(crops)
+        return DenseLandmarks(np.repeat(self.mesh[None], n, axis=0), np.full(n, self.score, np.float32))
+
+
+def test_region_masks_keep_the_swap_inside_the_chosen_regions() -> None:
+    box_only = _swap(_ports(landmarker=FakeLandmarker()), SwapOptions(face_selector_mode="many"))
+    ports = _ports(landmarker=FakeLandmarker())
+    regions = SwapOptions(
+        face_selector_mode="many", face_mask_types=("box", "region"), face_mask_regions=("nose",)
+    )
+    nose = _swap(ports, regions)
+    assert ports.landmarker.calls == [3]  # one call for the three target faces, none for the source
+    changed = lambda r: np.abs(r.image.astype(int) - TARGET.astype(int)).sum(axis=2) > 0  # noqa: E731
+    assert changed(nose).sum() < 0.25 * changed(box_only).sum()
+    assert not (changed(nose) & ~changed(box_only)).any()  # the region mask only ever removes
+    # a landmarker that sees no face leaves the box mask alone
+    unsure = _swap(_ports(landmarker=FakeLandmarker(score=0.1)), regions)
+    assert np.array_equal(unsure.image, box_only.image)
+
+
+def test_refined_landmarks_come_from_the_mesh_for_targets_and_source() -> None:
+    from pipeline.mesh import five_point_from_mesh
+
+    landmarker = FakeLandmarker()
+    ports = _ports(landmarker=landmarker)
+    result = _swap(ports, SwapOptions(refine_landmarks=True))
+    assert landmarker.calls == [2]  # the target face and the source face, in one call
+    face = result.faces[0]
+    assert face.mesh is not None
+    np.testing.assert_allclose(face.landmarks, five_point_from_mesh(face.mesh), atol=1e-4)
+    assert not np.allclose(face.landmarks, _scaled(TARGET_FACES[0], 2.0).landmarks, atol=0.5)
+    with pytest.raises(UnsupportedOptionError, match="face mesh"):
+        _swap(_ports(), SwapOptions(refine_landmarks=True))

@@ -123,9 +123,9 @@ def test_serve_configs_are_valid_and_fit_their_machines(name: str) -> None:
     args = AppArgs.parse(app["args"])
     build_app(app["args"])
     deployed = args.deployed()
-    assert set(deployed) == {"ingress", "detector", "embedder", "swapper", "enhancer"}
+    assert set(deployed) == {"ingress", "detector", "embedder", "swapper", "enhancer", "landmarker"}
     assert args.ingress.num_gpus == 0 and args.spin is False
-    models = [deployed[name] for name in ("detector", "embedder", "swapper", "enhancer")]
+    models = [deployed[name] for name in ("detector", "embedder", "swapper", "enhancer", "landmarker")]
     if name == "serve.local.yaml":
         # a CPU-only machine: no GPU anywhere, and every replica at its maximum count fits 2 cores
         assert all(m.num_gpus == 0 for m in deployed.values())

@@ -54,6 +54,19 @@ class Swapper(Protocol):
         ...
 
 
+class Landmarker(Protocol):
+    """Dense landmarks of aligned face crops."""
+
+    name: str
+    template: str
+    crop_size: int
+    points: int
+
+    def landmarks(self, crops: CropsBGR) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """(N, S, S, 3) BGR crops -> ((N, P, 2) float32 crop pixels, (N,) float32 face scores)."""
+        ...
+
+
 class Enhancer(Protocol):
     """Restores aligned face crops."""
 

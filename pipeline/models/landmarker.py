@@ -89,6 +89,7 @@ class FaceMeshLandmarker:
         self.name = name
         self.template = template
         self.crop_size = INPUT_SIZE
+        self.points = MESH_POINTS
 
     def _blob(self, crops: CropsBGR) -> npt.NDArray[np.float32]:
         """(N, S, S, 3) uint8 BGR -> (N, 192, 192, 3) float32 RGB in [0, 1]."""
