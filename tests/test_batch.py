@@ -441,7 +441,7 @@ def test_command_line_joins_ray_and_stages_remote_inputs_and_outputs(
     code = main([*argv, "--batch-size", "5", "--parquet", "--no-progress", "--preset", "ultrafast"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["frames"] == FOLDER_FRAMES + 5 and summary["components"]["swapper"] == "classical"
+    assert summary["frames"] == FOLDER_FRAMES + 5 and summary["components"]["swapper"] == "mesh_classical"
     assert [t["output"] for t in summary["targets"]] == [
         str(output / "clip_frames.mp4"),
         str(output / "small.mp4"),

@@ -19,9 +19,10 @@ from collections.abc import Sequence
 import numpy as np
 import ray
 
+from pipeline.identities import Identity
 from pipeline.imageio import decode_image
 from pipeline.options import SwapOptions
-from pipeline.orchestration import Identity, SwapOrchestrator
+from pipeline.orchestration import SwapOrchestrator
 from pipeline.profiles import PipelineConfig, build_models
 from pipeline.types import Embedding
 from serve_app.batch.decode import Batch
