@@ -269,8 +269,8 @@ class VideoLimits:
     """Bounds on a video's DECODED content, checked frame by frame as :func:`read_frames` decodes (a
     container's header may claim anything: fewer frames, a shorter duration, a smaller frame size).
 
-    ``max_duration_s``: the frames decoded so far, divided by the stream's frame rate, and the span of
-    their timestamps, must stay within it. ``max_frame_pixels``: width x height of every frame."""
+    ``max_duration_s``: the number of frames up to each one, divided by the stream's frame rate, and
+    each frame's timestamp must stay within it. ``max_frame_pixels``: width x height of every frame."""
 
     max_duration_s: float | None = None
     max_frame_pixels: int | None = None
@@ -293,9 +293,9 @@ class _FrameCheck:
         self._fps = fps
         self._size: tuple[int, int] | None = None
 
-    def __call__(self, frame: str, width: int, height: int, count: int, span_s: float) -> None:
-        """Check ``frame`` (its name in messages), the ``count``-th frame decoded, ``span_s`` seconds after
-        the first frame's timestamp."""
+    def __call__(self, frame: str, width: int, height: int, count: int, time_s: float) -> None:
+        """Check ``frame`` (its name in messages): the ``count``-th frame of the video, at ``time_s`` seconds
+        from the start of the stream by its timestamp."""
         limit = self._limits.max_frame_pixels
         if limit is not None and width * height > limit:
             raise PayloadTooLargeError(
@@ -311,65 +311,159 @@ class _FrameCheck:
         limit_s = self._limits.max_duration_s
         if limit_s is None:
             return
-        duration_s = max(float(count / self._fps), span_s)
+        duration_s = max(float(count / self._fps), time_s)
         if duration_s > limit_s:
             raise PayloadTooLargeError(
-                f"{self._name}: longer than the limit of {limit_s:g} s ({count} frames decoded at "
-                f"{float(self._fps):g} fps, timestamps spanning {span_s:.2f} s)"
+                f"{self._name}: longer than the limit of {limit_s:g} s ({count} frames at "
+                f"{float(self._fps):g} fps, a timestamp at {time_s:.2f} s)"
             )
 
 
-def read_frames(source: VideoSource, *, limits: VideoLimits | None = None) -> Iterator[VideoFrame]:
-    """Decode the first video stream frame by frame, in presentation order, as ImageBGR.
+@dataclass(frozen=True)
+class FrameChunk:
+    """A run of consecutive frames in presentation order: ``count`` frames from frame ``start``."""
 
-    A generator: the container opens at the first ``next()`` and closes when the iterator is exhausted,
-    closed or garbage-collected. Raises the same errors as :func:`probe_video`; InvalidInputError also
-    for corrupt data mid-stream, for a stream that yields no frame and for a frame whose size differs
-    from the first frame's; PayloadTooLargeError as soon as the decoded content exceeds ``limits``
-    (before the frame over the limit is converted).
-    """
+    start: int
+    count: int
+    start_pts: int | None = None
+    """The container pts of frame ``start`` (a reader seeks to it), or None: found by decoding from the
+    beginning."""
+
+
+def plan_chunks(source: str | os.PathLike[str], chunk_frames: int) -> list[FrameChunk]:
+    """Split the first video stream into chunks of ``chunk_frames`` frames (the last one shorter), each
+    with the pts of its first frame, from one demux pass (packets, no decoding): the frames are counted in
+    the stream itself, never taken from the header. When packets lack pts or repeat them, the frames are
+    counted by decoding once and the chunks carry no pts. Raises the errors of :func:`probe_video`."""
+    if chunk_frames < 1:
+        raise InvalidOptionError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    container, _, name = _open_input(source)
+    with container:
+        stream = _video_stream(container, name)
+        pts: list[int | None] = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size and not packet.is_discard:
+                    pts.append(packet.pts)
+        except av.FFmpegError as exc:
+            raise InvalidInputError(f"{name}: corrupt video data ({exc})") from None
+    known = sorted(p for p in pts if p is not None)
+    exact = bool(pts) and len(known) == len(pts) and len(set(known)) == len(known)
+    total = len(known) if exact else sum(1 for _ in read_frames(source))
+    return [
+        FrameChunk(s, min(chunk_frames, total - s), known[s] if exact else None)
+        for s in range(0, total, chunk_frames)
+    ]
+
+
+class _SeekMissed(Exception):
+    """A keyframe seek landed after the frame it was for (the caller decodes from the beginning)."""
+
+
+def _decoded(
+    source: VideoSource, limits: VideoLimits | None, start: int, seek_pts: int | None
+) -> Iterator[VideoFrame]:
+    """Frames ``start``, ``start + 1``, ... of the first video stream. With ``seek_pts`` (the pts of frame
+    ``start``): seek to the keyframe at or before it and drop the frames before it (raising
+    :class:`_SeekMissed`, before yielding anything, when the seek lands after it); else decode from the
+    beginning and drop the first ``start`` frames. Dropped frames are never converted."""
     container, _, name = _open_input(source)
     try:
         stream = _video_stream(container, name)
         stream.thread_type = "AUTO"
         tb = stream.time_base or Fraction(1, 1)
-        start = stream.start_time or 0
+        origin = stream.start_time or 0
         fps = _stream_fps(stream) or Fraction(25)
         step = 1 / (fps * tb)
         check = _FrameCheck(name, limits, fps)
-        first_pts: int | None = None
-        index = 0
+        index = 0 if seek_pts is None else None  # of the next decoded frame, once known
+        yielded = 0
         try:
+            if seek_pts is not None:
+                container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
-                pts = frame.pts if frame.pts is not None else start + round(index * step)
-                first_pts = pts if first_pts is None else first_pts
-                check(f"frame {index}", frame.width, frame.height, index + 1, float((pts - first_pts) * tb))
+                if index is None:  # after a seek: find frame ``start`` by its pts
+                    if frame.pts is not None and frame.pts < seek_pts:
+                        continue
+                    if frame.pts != seek_pts:
+                        raise _SeekMissed
+                    index = start
+                if index < start:
+                    index += 1
+                    continue
+                pts = frame.pts if frame.pts is not None else origin + round(index * step)
+                time_s = float((pts - origin) * tb)
+                check(f"frame {index}", frame.width, frame.height, index + 1, time_s)
                 image = np.ascontiguousarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
-                yield VideoFrame(index=index, pts=pts, time_s=float((pts - start) * tb), image=image)
+                yield VideoFrame(index=index, pts=pts, time_s=time_s, image=image)
                 index += 1
+                yielded += 1
         except av.FFmpegError as exc:
             raise InvalidInputError(f"{name}: corrupt video data after frame {index} ({exc})") from None
-        if index == 0:
-            raise InvalidInputError(f"{name}: no decodable video frames")
+        if yielded == 0:
+            raise InvalidInputError(
+                f"{name}: no decodable video frames" + (f" from frame {start}" if start else "")
+            )
     finally:
         container.close()
 
 
-def read_frame_files(
-    paths: Sequence[str | os.PathLike[str]], fps: Fraction, *, limits: VideoLimits | None = None
+def read_frames(
+    source: VideoSource,
+    *,
+    limits: VideoLimits | None = None,
+    start: int = 0,
+    start_pts: int | None = None,
 ) -> Iterator[VideoFrame]:
-    """Image files (JPEG, PNG, WebP) as the frames of a video at ``fps``: frame ``i`` has pts ``i`` (time
-    base ``1 / fps``) and time ``i / fps``. The same checks as :func:`read_frames`: every image must have
-    the first one's size (else InvalidInputError), and ``limits`` hold (PayloadTooLargeError; the pixel
-    limit is checked on each file's header, before decoding)."""
+    """Decode the first video stream frame by frame, in presentation order, as ImageBGR, from frame
+    ``start`` (0: the beginning). ``start_pts``, the pts of frame ``start`` (:func:`plan_chunks`), makes
+    the reader seek to the keyframe before it instead of decoding every frame before it; a seek that
+    misses falls back to decoding from the beginning. Frames keep their indices in the whole video.
+
+    A generator: the container opens at the first ``next()`` and closes when the iterator is exhausted,
+    closed or garbage-collected. Raises the same errors as :func:`probe_video`; InvalidInputError also
+    for corrupt data mid-stream, for a stream that yields no frame (from ``start``) and for a frame whose
+    size differs from the first frame read; PayloadTooLargeError as soon as the decoded content exceeds
+    ``limits`` (before the frame over the limit is converted): the count of frames up to the current one
+    divided by the frame rate, or its timestamp, over ``max_duration_s``, or its pixels over
+    ``max_frame_pixels``.
+    """
+    if start < 0:
+        raise InvalidOptionError(f"start must be >= 0, got {start}")
+    if start > 0 and start_pts is not None:
+        try:
+            yield from _decoded(source, limits, start, start_pts)
+            return
+        except _SeekMissed:
+            logger.info(
+                "%s: the seek to pts %d missed; decoding from the start", _source_name(source), start_pts
+            )
+    yield from _decoded(source, limits, start, None)
+
+
+def read_frame_files(
+    paths: Sequence[str | os.PathLike[str]],
+    fps: Fraction,
+    *,
+    limits: VideoLimits | None = None,
+    start: int = 0,
+) -> Iterator[VideoFrame]:
+    """Image files (JPEG, PNG, WebP) as the frames of a video at ``fps``: frame ``i`` is ``paths[i]``, with
+    pts ``i`` (time base ``1 / fps``) and time ``i / fps``; reading begins at frame ``start``. The same
+    checks as :func:`read_frames`: every image must have the size of the first one read (else
+    InvalidInputError), and ``limits`` hold (PayloadTooLargeError; the pixel limit is checked on each file's
+    header, before decoding)."""
     fps = Fraction(fps)
     if fps <= 0:
         raise InvalidOptionError(f"fps must be positive, got {fps}")
+    if start < 0:
+        raise InvalidOptionError(f"start must be >= 0, got {start}")
     check = _FrameCheck(os.path.dirname(os.fspath(paths[0])) if paths else "frames", limits, fps)
     max_pixels = limits.max_frame_pixels if limits is not None else None
     pixels = {} if max_pixels is None else {"max_pixels": max_pixels}
-    for index, path in enumerate(paths):
-        image = read_image_file(os.fspath(path), **pixels)
+    for index in range(start, len(paths)):
+        path = os.fspath(paths[index])
+        image = read_image_file(path, **pixels)
         check(os.path.basename(path), image.shape[1], image.shape[0], index + 1, float(index / fps))
         yield VideoFrame(index=index, pts=index, time_s=float(index / fps), image=image)
 

@@ -1,4 +1,5 @@
 import io
+import itertools
 import os
 import struct
 import weakref
@@ -21,6 +22,7 @@ from pipeline.video import (
     VideoLimits,
     VideoWriter,
     iter_frame_batches,
+    plan_chunks,
     probe_video,
     read_frame_files,
     read_frames,
@@ -497,7 +499,7 @@ def test_duration_limit_counts_decoded_frames_not_the_avi_header(tmp_path):
     frames, error = _read_until_error(path, VideoLimits(max_duration_s=2.0))
     assert isinstance(error, PayloadTooLargeError) and error.status == 413
     assert len(frames) == 50  # frame 51 would make 2.04 s: refused before it is converted
-    assert "51 frames decoded at 25 fps" in str(error)
+    assert "51 frames at 25 fps" in str(error)
     assert len(list(read_frames(path, limits=VideoLimits(max_duration_s=2.4)))) == 60
 
 
@@ -547,6 +549,7 @@ def test_frame_files_read_as_a_video_with_the_same_checks(tmp_path):
     frames = list(read_frame_files(paths, Fraction(10)))
     assert [(f.index, f.pts, f.time_s) for f in frames] == [(i, i, i / 10) for i in range(4)]
     assert all(np.array_equal(f.image, _synthetic_frame(i, 40, 30)) for i, f in enumerate(frames))
+    assert [(f.index, f.time_s) for f in read_frame_files(paths, Fraction(10), start=2)] == [(2, 0.2), (3, 0.3)]
     with pytest.raises(PayloadTooLargeError, match="longer than the limit of 0.3 s"):
         list(read_frame_files(paths, Fraction(10), limits=VideoLimits(max_duration_s=0.3)))
     with pytest.raises(PayloadTooLargeError):
@@ -554,3 +557,42 @@ def test_frame_files_read_as_a_video_with_the_same_checks(tmp_path):
     cv2.imwrite(str(paths[2]), _synthetic_frame(2, 24, 30))
     with pytest.raises(InvalidInputError, match="f2.png is 24x30 in a 40x30 video"):
         list(read_frame_files(paths, Fraction(10)))
+
+
+# -- chunks: planning from the packets, seeking to a chunk ------------------------------------------------
+@pytest.mark.assets
+def test_chunks_are_planned_from_the_packets_with_the_pts_of_their_first_frame(assets):
+    path = _video(assets, AAC)
+    reference = list(read_frames(path))
+    chunks = plan_chunks(path, 8)
+    assert [(c.start, c.count) for c in chunks] == [(s, min(8, 75 - s)) for s in range(0, 75, 8)]
+    assert [c.start_pts for c in chunks] == [reference[s].pts for s in range(0, 75, 8)]
+    with pytest.raises(InvalidOptionError):
+        plan_chunks(path, 0)
+
+
+def test_chunks_count_the_frames_a_lying_header_does_not(tmp_path):
+    path = tmp_path / "claims_5_frames.avi"
+    _avi_claiming(path, frames=60, claimed=5)
+    assert probe_video(path).frame_count == 5
+    assert sum(c.count for c in plan_chunks(path, 16)) == 60
+
+
+@pytest.mark.assets
+def test_reading_from_a_frame_by_seek_or_by_decoding_gives_the_same_frames(assets):
+    """The video has a keyframe every 25 frames and B-frames: frame 30 is reached by a keyframe seek (to
+    frame 25) and by decoding from the start, with the same indices, pts and pixels."""
+    path = _video(assets, AAC)
+    reference = list(read_frames(path))
+    for start_pts in (reference[30].pts, None):
+        frames = list(itertools.islice(read_frames(path, start=30, start_pts=start_pts), 7))
+        assert [f.index for f in frames] == list(range(30, 37))
+        assert [f.pts for f in frames] == [reference[i].pts for i in range(30, 37)]
+        assert all(np.array_equal(f.image, reference[f.index].image) for f in frames)
+        assert frames[0].time_s == pytest.approx(reference[30].time_s)
+    # a wrong pts makes the seek miss: the reader falls back to decoding from the start
+    missed = next(read_frames(path, start=30, start_pts=reference[30].pts + 1))
+    assert missed.index == 30 and np.array_equal(missed.image, reference[30].image)
+    assert len(list(read_frames(path, start=70))) == 5
+    with pytest.raises(InvalidInputError, match="no decodable video frames from frame 80"):
+        list(read_frames(path, start=80))
