@@ -1,23 +1,26 @@
-"""Peak memory of the Ray Data batch job against a plain single-process frame loop, on synthetic 720p videos
-of two or more lengths: the batch job streams, so its peak must not grow with the length of the video.
+"""The Ray Data batch job against a single-process frame loop on videos of growing length: peak memory must
+not grow with the length of the video (the job streams), and the fixed start-up costs amortise.
 
 Usage::
 
-    python -m bench.batch_memory [--lengths 150 600] [--width 1280 --height 720] [--profile auto]
+    python -m bench.batch_memory --models-dir DIR [--lengths 150 600] [--width 1280 --height 720]
         [--batch-size 8] [--actors 1] [--assets DIR] [--workdir DIR] [--json OUT]
 
 For each length it writes a synthetic H.264 video (a real photo's face, pasted and moving over a panning
-textured background; see :func:`write_synthetic_video`), then measures, each in a fresh process:
+textured background; see :func:`write_synthetic_video`), then measures both modes, each in a fresh process
+(:func:`measure`), with the bench models of ``--models-dir`` and the real YuNet (as ``bench.video_bench``):
 
-- ``ray_job``: :func:`serve_app.batch.run_batch_job` on a local Ray started in that process. Memory is
-  sampled every ``--interval`` seconds over the process tree (driver, GCS, raylet with its object store,
-  the decode and swap workers) from ``/proc/<pid>/smaps_rollup``: the sum of PSS counts every private page
-  once and splits shared pages (the plasma object store, libraries) among the processes mapping them, so
-  the sum is the tree's real footprint. Also the driver's own peak RSS and private (anonymous) RSS: its
-  RSS includes the object store pages it has read frames from, which stay mapped after the objects are
-  freed and are counted once in the tree's PSS.
-- ``loop``: ``read_frames`` -> detect/select -> ``FacePipeline.process`` -> ``VideoWriter``, one frame at a
-  time in one process, with the same models; the same sampling, and its ``VmHWM``.
+- ``ray_job``: :func:`serve_app.batch.job.run_batch_job` on a local Ray started in that process;
+- ``loop``: ``read_frames`` -> the same orchestration (:class:`~pipeline.orchestration.SwapOrchestrator`
+  over in-process ports) per batch of frames -> ``VideoWriter``, in one process.
+
+The timed window starts after ``ray.init`` (and after the driver's imports, in both modes) and ends when
+the output is written; the loop's window includes building its models, as the job's includes its actors
+building theirs. Over the window a sampler thread reads, every ``--interval`` seconds, ``/proc`` of the
+process and all its descendants (driver, GCS, raylet with its object store, Ray's agents, the decode and
+swap workers): the sum of PSS (every private page once, shared pages such as the plasma store split among
+the processes mapping them: the tree's real footprint) and each process's CPU seconds (the last value seen
+per process counts, so processes that exit during the window are included; the sampler's own CPU is not).
 
 Prints a table and the growth from the shortest to the longest video per mode, and writes JSON
 (``--json``, default ``out/batch_memory.json``). Linux only (``/proc``).
@@ -26,6 +29,7 @@ Prints a table and the growth from the shortest to the longest video per mode, a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -34,7 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -43,33 +47,32 @@ import cv2
 import numpy as np
 
 from bench.common import environment, format_table, write_json
-from pipeline.errors import FaceSwapError, NoFaceError
-from pipeline.imageio import read_image_file
-from pipeline.options import SwapOptions
-from pipeline.profiles import PROFILES, PipelineConfig, build_pipeline
-from pipeline.video import VideoWriter, read_frames
+from bench.http_bench import SOURCE_IMAGE, add_model_arguments, bench_models, pipeline_config
+from pipeline.errors import FaceSwapError
+from pipeline.profiles import PipelineConfig
+from pipeline.video import VideoWriter
 
 log = logging.getLogger("bench.batch_memory")
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ASSETS = REPO.parent / "shared" / "assets"
 FACE_IMAGE = "astronaut_eileen_collins_nasa.png"
 """Pasted into the synthetic video (public domain)."""
-SOURCE_IMAGE = "codait_luciano_cc0.png"
-"""The face swapped in (CC0)."""
 FACE_CROP = (120, 10, 350, 280)
 """x1, y1, x2, y2 of the head (with some context for the detector) in :data:`FACE_IMAGE`."""
 MIB = 1024 * 1024
+MODES = ("loop", "ray_job")
+WARM = "ray_job_warm"
+"""A job run after another in the same Ray session: Ray Data's per-cluster actors (stats, autoscaling
+coordinator, actor location tracker) exist and idle workers have Ray Data imported, as on a long-lived
+cluster."""
 
 TABLE_COLUMNS = (
     ("mode", "mode"),
     ("frames", "frames"),
-    ("seconds", "s"),
-    ("fps", "fps"),
-    ("peak_tree_pss_mib", "peak PSS MiB"),
-    ("peak_tree_anon_mib", "peak anon MiB"),
-    ("peak_driver_rss_mib", "driver RSS MiB"),
-    ("peak_driver_anon_mib", "driver anon MiB"),
+    ("seconds", "s", ".1f"),
+    ("fps", "frames/s", ".2f"),
+    ("cpu_ms_per_frame", "CPU ms/frame", ".0f"),
+    ("peak_tree_pss_mib", "peak PSS MiB", ".0f"),
+    ("peak_driver_rss_mib", "driver RSS MiB", ".0f"),
     ("processes", "procs"),
     ("frames_without_face", "no-face frames"),
 )
@@ -106,27 +109,35 @@ def write_synthetic_video(
             writer.write(frame)
 
 
-# --- memory sampling ----------------------------------------------------------------------------------------
+# --- sampling the process tree ------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    """All descendants of ``pid`` (from the ppid field of /proc/<pid>/stat)."""
-    parents: dict[int, list[int]] = {}
+def _process_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds so far) of every process, from ``/proc/<pid>/stat``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    table: dict[int, tuple[int, float]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
+        table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    return table
+
+
+def _tree(root: int, table: dict[int, tuple[int, float]]) -> list[int]:
+    """``root`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
     while todo:
-        kids = parents.get(todo.pop(), [])
-        found.extend(kids)
-        todo.extend(kids)
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
     return found
 
 
@@ -144,49 +155,54 @@ def _kib_fields(path: str, names: tuple[str, ...]) -> dict[str, int]:
 
 
 @dataclass
-class MemoryPeaks:
-    """Peaks over the samples, in KiB: ``tree_pss`` = sum of PSS of the process and its descendants."""
+class Peaks:
+    """Peaks over the samples (KiB) and the CPU seconds of the window."""
 
     tree_pss: int = 0
-    tree_anon: int = 0
     driver_rss: int = 0
-    driver_anon: int = 0
     processes: int = 0
     samples: int = 0
+    cpu_s: float = 0.0
 
 
 @dataclass
 class Sampler:
-    """Samples the process tree of this process every ``interval`` seconds in a background thread."""
+    """Samples this process's tree every ``interval`` seconds in a background thread, from ``with`` to its
+    end: peak PSS, the driver's peak RSS, and the CPU seconds every process of the tree spent inside the
+    window (minus the sampler's own)."""
 
     interval: float
-    peaks: MemoryPeaks = field(default_factory=MemoryPeaks)
+    peaks: Peaks = field(default_factory=Peaks)
+    _cpu_start: dict[int, float] = field(default_factory=dict)
+    _cpu_last: dict[int, float] = field(default_factory=dict)
+    _own_cpu_s: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def sample(self) -> None:
+    def _sample(self) -> None:
         me = os.getpid()
-        pss = anon = 0
-        pids = [me, *_children(me)]
-        for pid in pids:
-            rollup = _kib_fields(f"/proc/{pid}/smaps_rollup", ("Pss", "Pss_Anon"))
-            pss += rollup.get("Pss", 0)
-            anon += rollup.get("Pss_Anon", 0)
-        driver = _kib_fields(f"/proc/{me}/status", ("VmRSS", "RssAnon"))
+        table = _process_table()
+        pids = _tree(me, table)
+        pss = sum(_kib_fields(f"/proc/{pid}/smaps_rollup", ("Pss",)).get("Pss", 0) for pid in pids)
         p = self.peaks
-        p.tree_pss, p.tree_anon = max(p.tree_pss, pss), max(p.tree_anon, anon)
-        p.driver_rss = max(p.driver_rss, driver.get("VmRSS", 0))
-        p.driver_anon = max(p.driver_anon, driver.get("RssAnon", 0))
+        p.tree_pss = max(p.tree_pss, pss)
+        p.driver_rss = max(p.driver_rss, _kib_fields(f"/proc/{me}/status", ("VmRSS",)).get("VmRSS", 0))
         p.processes = max(p.processes, len(pids))
         p.samples += 1
+        for pid in pids:
+            if pid in table:
+                self._cpu_last[pid] = table[pid][1]
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.sample()
+            self._sample()
+        self._sample()
+        self._own_cpu_s = time.thread_time()
 
     def __enter__(self) -> Sampler:
-        self.sample()
-        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+        self._sample()
+        self._cpu_start = dict(self._cpu_last)
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
         self._thread.start()
         return self
 
@@ -194,42 +210,8 @@ class Sampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.sample()
-
-
-@dataclass
-class Measurement:
-    mode: str
-    frames: int
-    seconds: float
-    fps: float
-    peak_tree_pss_mib: float
-    peak_tree_anon_mib: float
-    peak_driver_rss_mib: float
-    peak_driver_anon_mib: float
-    driver_hwm_mib: float
-    processes: int
-    samples: int
-    frames_without_face: int
-
-
-def _measurement(mode: str, frames: int, seconds: float, sampler: Sampler, no_face: int) -> Measurement:
-    p = sampler.peaks
-    hwm = _kib_fields(f"/proc/{os.getpid()}/status", ("VmHWM",)).get("VmHWM", 0)
-    return Measurement(
-        mode=mode,
-        frames=frames,
-        seconds=round(seconds, 2),
-        fps=round(frames / seconds, 2) if seconds > 0 else 0.0,
-        peak_tree_pss_mib=round(p.tree_pss / 1024, 1),
-        peak_tree_anon_mib=round(p.tree_anon / 1024, 1),
-        peak_driver_rss_mib=round(p.driver_rss / 1024, 1),
-        peak_driver_anon_mib=round(p.driver_anon / 1024, 1),
-        driver_hwm_mib=round(hwm / 1024, 1),
-        processes=p.processes,
-        samples=p.samples,
-        frames_without_face=no_face,
-    )
+        spent = sum(cpu - self._cpu_start.get(pid, 0.0) for pid, cpu in self._cpu_last.items())
+        self.peaks.cpu_s = spent - self._own_cpu_s
 
 
 # --- the two ways of processing a video, each run in a fresh process ----------------------------------------
@@ -244,64 +226,129 @@ class RunSpec:
     batch_size: int
     actors: int
     interval: float
+    cpus_per_actor: float = 1.0
+    """CPUs (and ONNX Runtime threads) per swap actor."""
+    num_gpus: float = 0.0
+    """GPUs per swap actor (needed with CUDA: Ray hides the GPUs from actors that reserve none)."""
+    loop_threads: int = 0
+    """ONNX Runtime intra-op threads of the loop (0: one per core, the default)."""
+    loop_spin: bool = True
+    """Whether the loop's idle ONNX Runtime threads spin (the default)."""
+    preset: str = "veryfast"
+    jobs: int = 1
+    """ray_job: jobs run one after another in one Ray session (the first cold, the others warm)."""
 
 
-def _run_job(spec: RunSpec) -> Measurement:
+@dataclass
+class Measurement:
+    mode: str
+    frames: int
+    seconds: float
+    fps: float
+    cpu_s: float
+    cpu_ms_per_frame: float
+    peak_tree_pss_mib: float
+    peak_driver_rss_mib: float
+    processes: int
+    samples: int
+    frames_without_face: int
+    start_s: float = 0.0
+    """Before the window: ``ray.init`` (ray_job), nothing (loop)."""
+    startup_s: float | None = None
+    """ray_job: from the start of the window to the first frames written."""
+    load_average: float = 0.0
+    """1-minute load average at the end."""
+
+
+def _measurement(
+    mode: str, frames: int, seconds: float, sampler: Sampler, no_face: int, **extra: object
+) -> Measurement:
+    p = sampler.peaks
+    return Measurement(
+        mode=mode,
+        frames=frames,
+        seconds=round(seconds, 2),
+        fps=round(frames / seconds, 2) if seconds > 0 else 0.0,
+        cpu_s=round(p.cpu_s, 2),
+        cpu_ms_per_frame=round(p.cpu_s * 1e3 / frames, 1) if frames else 0.0,
+        peak_tree_pss_mib=round(p.tree_pss / 1024, 1),
+        peak_driver_rss_mib=round(p.driver_rss / 1024, 1),
+        processes=p.processes,
+        samples=p.samples,
+        frames_without_face=no_face,
+        load_average=round(os.getloadavg()[0], 2),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def _run_jobs(spec: RunSpec) -> list[Measurement]:
     import ray
 
-    from serve_app.batch import BatchJobConfig, run_batch_job
+    from serve_app.batch.config import BatchJobConfig
+    from serve_app.batch.job import run_batch_job
 
-    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
-        address="local",
-        num_cpus=os.cpu_count(),
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": python_path}},
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    started = time.monotonic()
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    start_s = time.monotonic() - started
+    config = BatchJobConfig(
+        source_image=spec.source,
+        targets=(spec.video,),
+        output=spec.output,
+        pipeline=spec.pipeline,
+        batch_size=spec.batch_size,
+        num_actors=spec.actors,
+        cpus_per_actor=spec.cpus_per_actor,
+        num_gpus=spec.num_gpus,
+        preset=spec.preset,
     )
+    out: list[Measurement] = []
     try:
-        config = BatchJobConfig(
-            source_image=spec.source,
-            targets=(spec.video,),
-            output=spec.output,
-            pipeline=spec.pipeline,
-            batch_size=spec.batch_size,
-            num_actors=spec.actors,
-            preset="veryfast",
-        )
-        with Sampler(spec.interval) as sampler:
-            started = time.monotonic()
-            result = run_batch_job(config, progress=lambda done, total: None)
-            seconds = time.monotonic() - started
+        for run in range(spec.jobs):
+            with Sampler(spec.interval) as sampler:
+                started = time.monotonic()
+                result = run_batch_job(config)
+                seconds = time.monotonic() - started
+            out.append(
+                _measurement(
+                    WARM if run else "ray_job",
+                    result.frames,
+                    seconds,
+                    sampler,
+                    result.frames_without_face,
+                    start_s=0.0 if run else round(start_s, 2),
+                    startup_s=round(result.startup_s, 2),
+                )
+            )
     finally:
         ray.shutdown()
-    return _measurement("ray_job", result.frames, seconds, sampler, result.frames_without_face)
+    return out
 
 
 def _run_loop(spec: RunSpec) -> Measurement:
+    from pipeline.imageio import read_image_file
+    from pipeline.options import SwapOptions
+    from pipeline.orchestration import SwapOrchestrator
+    from pipeline.profiles import build_models
+    from pipeline.video import VideoWriter, iter_frame_batches, probe_video, read_frames
+
+    session = replace(spec.pipeline.session, intra_op_threads=spec.loop_threads, spin=spec.loop_spin)
     with Sampler(spec.interval) as sampler:
         started = time.monotonic()
-        pipeline = build_pipeline(spec.pipeline)
+        orchestrator = SwapOrchestrator(build_models(replace(spec.pipeline, session=session)).ports())
         options = SwapOptions()
-        source = read_image_file(spec.source)
-        identity = pipeline.swapper.encode_source(source, pipeline.source_face(source, options))
+        identity = asyncio.run(orchestrator.source_identity(read_image_file(spec.source), options))
+        info = probe_video(spec.video)
         frames = no_face = 0
-        writer: VideoWriter | None = None
-        for frame in read_frames(spec.video):
-            if writer is None:
-                height, width = frame.image.shape[:2]
-                writer = VideoWriter(
-                    spec.output, width=width, height=height, audio_from=spec.video, preset="veryfast"
-                )
-            try:
-                faces = pipeline.target_faces(frame.image, options)
-            except NoFaceError:
-                faces = []
-            no_face += not faces
-            writer.write(pipeline.process(frame.image, faces, identity, options) if faces else frame.image)
-            frames += 1
-        assert writer is not None
-        writer.close()
+        with VideoWriter(
+            spec.output, width=info.width, height=info.height, audio_from=spec.video, preset=spec.preset
+        ) as writer:
+            for batch in iter_frame_batches(read_frames(spec.video), spec.batch_size):
+                images = [f.image for f in batch]
+                for result in asyncio.run(orchestrator.swap_frames(images, identity, options)):
+                    writer.write(result.image)
+                    no_face += not result.faces
+                    frames += 1
         seconds = time.monotonic() - started
     return _measurement("loop", frames, seconds, sampler, no_face)
 
@@ -309,7 +356,7 @@ def _run_loop(spec: RunSpec) -> Measurement:
 def _child(mode: str, spec: RunSpec, conn: Connection) -> None:
     logging.basicConfig(level=logging.WARNING)
     try:
-        conn.send(_run_job(spec) if mode == "ray_job" else _run_loop(spec))
+        conn.send(_run_jobs(spec) if mode == "ray_job" else [_run_loop(spec)])
     except BaseException as exc:  # reported to the parent, which raises it
         conn.send(exc)
         raise
@@ -317,8 +364,9 @@ def _child(mode: str, spec: RunSpec, conn: Connection) -> None:
         conn.close()
 
 
-def measure(mode: str, spec: RunSpec) -> Measurement:
-    """Run ``mode`` (``ray_job`` or ``loop``) in a fresh spawned process and return its measurement."""
+def measure(mode: str, spec: RunSpec) -> list[Measurement]:
+    """Run ``mode`` (``ray_job`` or ``loop``) in a fresh spawned process and return its measurements: one
+    for ``loop``, ``spec.jobs`` for ``ray_job`` (the first cold, the others :data:`WARM`)."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(mode, spec, sender), name=f"bench-{mode}")
@@ -349,24 +397,32 @@ def _growth(rows: list[Measurement]) -> list[dict[str, object]]:
                 "pss_growth_mib": round(long.peak_tree_pss_mib - short.peak_tree_pss_mib, 1),
                 "pss_ratio": round(long.peak_tree_pss_mib / short.peak_tree_pss_mib, 3),
                 "driver_rss_growth_mib": round(long.peak_driver_rss_mib - short.peak_driver_rss_mib, 1),
-                "driver_anon_growth_mib": round(long.peak_driver_anon_mib - short.peak_driver_anon_mib, 1),
+                "cpu_ms_per_frame": f"{short.cpu_ms_per_frame:.0f} -> {long.cpu_ms_per_frame:.0f}",
             }
         )
     return out
 
 
+GROWTH_COLUMNS = (
+    ("mode", "mode"),
+    ("frames", "frames"),
+    ("pss_growth_mib", "peak PSS growth MiB"),
+    ("pss_ratio", "ratio"),
+    ("driver_rss_growth_mib", "driver RSS growth MiB"),
+    ("cpu_ms_per_frame", "CPU ms/frame"),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
     parser.add_argument("--lengths", type=int, nargs="+", default=[150, 600], help="frames per video")
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
-    parser.add_argument("--profile", choices=PROFILES, default="auto", help="model profile (default auto)")
-    parser.add_argument("--models-dir", type=Path, help="directory with model files")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--actors", type=int, default=1)
-    parser.add_argument("--interval", type=float, default=0.25, help="memory sampling period, seconds")
-    parser.add_argument("--modes", nargs="+", choices=("ray_job", "loop"), default=["ray_job", "loop"])
-    parser.add_argument("--assets", type=Path, default=DEFAULT_ASSETS, help="folder with images/ (photos)")
+    parser.add_argument("--interval", type=float, default=0.25, help="sampling period, seconds")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--workdir", type=Path, help="where videos are written (default: a temp folder)")
     parser.add_argument("--json", type=Path, default=Path("out/batch_memory.json"), help="JSON results")
     args = parser.parse_args(argv)
@@ -375,12 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--lengths, --batch-size, --actors and --interval must be positive")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    pipeline = PipelineConfig(profile=args.profile, models_dir=args.models_dir, enhance=False)
     rows: list[Measurement] = []
     with tempfile.TemporaryDirectory(prefix="batch-memory-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         try:
+            models = bench_models(args.models_dir, args.assets, args.detector)
             for frames in sorted(set(args.lengths)):
                 video = workdir / f"synthetic_{args.width}x{args.height}_{frames}.mp4"
                 started = time.monotonic()
@@ -391,40 +447,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                         video=str(video),
                         output=str(workdir / f"{mode}_{frames}.mp4"),
                         source=str(args.assets / "images" / SOURCE_IMAGE),
-                        pipeline=pipeline,
+                        pipeline=pipeline_config(models, args.providers, enhance=False),
                         batch_size=args.batch_size,
                         actors=args.actors,
                         interval=args.interval,
                     )
-                    rows.append(measure(mode, spec))
+                    rows += measure(mode, spec)
                     log.info("%s", rows[-1])
-        except FaceSwapError as exc:
+        except (FaceSwapError, FileNotFoundError) as exc:
             sys.stderr.write(f"batch memory benchmark failed: {exc}\n")
             return 2
     env = environment()
     growth = _growth(rows)
     sys.stdout.write(f"device: {env['device']}; {args.width}x{args.height}; {env['date_utc']}\n")
     sys.stdout.write(format_table([asdict(r) for r in rows], TABLE_COLUMNS) + "\n\n")
-    sys.stdout.write(
-        format_table(
-            growth,
-            [
-                ("mode", "mode"),
-                ("frames", "frames"),
-                ("pss_growth_mib", "peak PSS growth MiB"),
-                ("pss_ratio", "ratio"),
-                ("driver_rss_growth_mib", "driver RSS growth MiB"),
-                ("driver_anon_growth_mib", "driver anon growth MiB"),
-            ],
-        )
-        + "\n"
-    )
+    sys.stdout.write(format_table(growth, GROWTH_COLUMNS) + "\n")
     payload = {
         "environment": env,
         "settings": {
             "lengths": sorted(set(args.lengths)),
             "size": [args.width, args.height],
-            "profile": args.profile,
+            "models": models.label,
             "batch_size": args.batch_size,
             "actors": args.actors,
             "interval_s": args.interval,

@@ -1,29 +1,35 @@
-"""Video face swap with Ray Data versus a single-process frame loop: frames per second and peak memory.
-
-``serve_app.batch.run_batch_job`` against the FaceFusion-style baseline (read frame, detect, swap, write
-in one process), same models and videos.
+"""Video face swap with the Ray Data job versus a single-process frame loop: frames per second, CPU per
+frame and peak memory, in one run.
 
 Usage::
 
     python -m bench.video_bench --models-dir DIR [--providers cpu|cuda] [--videos NAME ...]
-        [--batch-size 8] [--actors 1] [--assets DIR] [--workdir DIR] [--json OUT]
+        [--repeats 3] [--warm 1] [--batch-size 8] [--actors 1] [--cpus-per-actor 1] [--num-gpus 0]
+        [--loop-threads 0] [--no-loop-spin] [--assets DIR] [--workdir DIR] [--json OUT]
+
+- ``ray_job``: :func:`serve_app.batch.job.run_batch_job` (decode stage -> swap actors running the one
+  orchestration with in-process ports -> the driver's writer) on a local Ray started in its process, the
+  first job of that Ray (cold: Ray Data creates its per-cluster stats, autoscaling and actor-location actors
+  and every worker imports Ray Data);
+- ``ray_job_warm``: ``--warm`` more jobs in the same Ray session, as on a long-lived cluster where those
+  actors exist and idle workers have Ray Data imported (the swap actors still start and load their models);
+- ``loop``: ``read_frames`` -> the same orchestration with in-process ports per batch -> ``VideoWriter``,
+  one process; its ONNX Runtime sessions as a user gets them by default (one intra-op thread per core,
+  spinning) unless ``--loop-threads`` / ``--no-loop-spin`` say otherwise.
 
 Models: the bench models of ``--models-dir`` (ArcFace, inswapper) and the real YuNet detector, as in
-``bench.http_bench``; the source face is ``codait_luciano_cc0.png``, the options the defaults
-(``face_selector_mode`` ``one``, no enhancer). Videos: ``../shared/assets/video`` (default
-``group_pan_1280x720_25fps_h264.mp4``, four faces per frame, and
-``astronaut_pan_zoom_640x480_25fps_h264_aac.mp4``, one face and an AAC track; 75 frames each).
+``bench.http_bench``; the source face ``codait_luciano_cc0.png``, the default options (``one`` face, no
+enhancer), x264 ``veryfast`` in both modes. Videos: ``../shared/assets/video`` (default the 720p 75-frame
+``group_pan_1280x720_25fps_h264.mp4``).
 
-Each (video, mode) runs in a fresh process through :func:`bench.batch_memory.measure`, which samples the
-PSS of the whole process tree (driver, Ray's GCS/raylet/object store and workers) every ``--interval``
-seconds. The ``ray_job`` time starts after ``ray.init`` and includes the identity task, the actor pool's
-start and model loading; the ``loop`` time includes its model loading too. On 75-frame videos these fixed
-costs are a large part of the total, which is what a short clip costs in practice; longer videos amortise
-them (see ``bench.batch_memory`` for memory against video length).
-
-This script also samples the CPU seconds of every process of that tree (:class:`CpuSampler`): CPU per
-frame compares the two modes even on a loaded machine where wall times are noisy. It covers the whole
-child process, so for ``ray_job`` it includes starting and stopping the local Ray as well.
+Each run is a fresh process (:func:`bench.batch_memory.measure`); the timed window excludes ``ray.init``
+(reported as ``ray.init s``) and includes everything after it: the job's actors starting and loading their
+models, Ray Data's own actors, every frame; the loop's model loading and every frame. CPU is the CPU
+seconds of the whole process tree inside the window. The modes alternate, ``--repeats`` times, so a change
+in the machine's load hits both alike; the ratio table compares medians and gives the spread (min-max) of
+each mode, and the load average at the end of each run is listed: on a shared machine, read frames/s with
+it. On a 75-frame clip the job's fixed start-up (Ray Data's stats and autoscaling actors, worker imports,
+model loading) is a large part of its CPU; ``bench.batch_memory`` shows how it amortises on longer videos.
 """
 
 from __future__ import annotations
@@ -31,108 +37,114 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.batch_memory import RunSpec, measure
+from bench.batch_memory import MODES, WARM, RunSpec, measure
 from bench.common import environment, format_table
-from bench.http_bench import (
-    SOURCE_IMAGE,
-    add_model_arguments,
-    bench_models,
-    pipeline_config,
-    report,
-    tree_cpu_by_pid,
-)
+from bench.http_bench import SOURCE_IMAGE, add_model_arguments, bench_models, pipeline_config, report
 from pipeline.video import probe_video
 from serve_app.local import RAY_ENV
 
 log = logging.getLogger("bench.video_bench")
 
-DEFAULT_VIDEOS = ("group_pan_1280x720_25fps_h264.mp4", "astronaut_pan_zoom_640x480_25fps_h264_aac.mp4")
-MODES = ("loop", "ray_job")
+DEFAULT_VIDEOS = ("group_pan_1280x720_25fps_h264.mp4",)
 
-TABLE_COLUMNS = (
+RUN_COLUMNS = (
     ("video", "video"),
     ("mode", "mode"),
+    ("repeat", "run"),
     ("frames", "frames"),
+    ("start_s", "ray.init s", ".1f"),
     ("seconds", "s", ".1f"),
+    ("startup_s", "to 1st frames s", ".1f"),
     ("fps", "frames/s", ".2f"),
     ("cpu_ms_per_frame", "CPU ms/frame", ".0f"),
     ("peak_tree_pss_mib", "peak PSS MiB", ".0f"),
-    ("peak_driver_rss_mib", "driver peak RSS MiB", ".0f"),
     ("processes", "procs"),
-    ("frames_without_face", "no-face frames"),
+    ("load_average", "load 1m", ".1f"),
 )
 RATIO_COLUMNS = (
     ("video", "video"),
-    ("fps_ratio", "ray_job / loop frames/s", ".2f"),
-    ("cpu_ratio", "ray_job / loop CPU per frame", ".2f"),
-    ("pss_ratio", "ray_job / loop peak PSS", ".2f"),
+    ("job", "job"),
+    ("loop_fps", "loop frames/s", ".2f"),
+    ("job_fps", "job frames/s", ".2f"),
+    ("fps_ratio", "job/loop frames/s", ".2f"),
+    ("loop_cpu", "loop CPU ms/f", ".0f"),
+    ("job_cpu", "job CPU ms/f", ".0f"),
+    ("cpu_ratio", "job/loop CPU/frame", ".2f"),
+    ("pss_ratio", "job/loop peak PSS", ".2f"),
 )
 
 
-class CpuSampler:
-    """Samples the CPU seconds of every descendant of this process every ``interval`` seconds in a
-    background thread, keeping each pid's last value: their sum is the CPU the run cost (the last
-    ``interval`` of each process that exits is missed)."""
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._seen: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
-
-    def _sample(self) -> None:
-        me = os.getpid()
-        for pid, seconds in tree_cpu_by_pid(me).items():
-            if pid != me:
-                self._seen[pid] = max(seconds, self._seen.get(pid, 0.0))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self._sample()
-
-    def __enter__(self) -> CpuSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def cpu_s(self) -> float:
-        return sum(self._seen.values())
+def _spread(values: list[float], spec: str) -> str:
+    return f"{format(min(values), spec)}-{format(max(values), spec)}"
 
 
-def ratio_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, object]]:
-    """Per video, ``ray_job`` over ``loop``: frames per second and peak tree PSS."""
-    out: list[dict[str, object]] = []
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in runs))
+
+
+def ratio_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Per video and job kind (cold, warm): the medians of the job and of the loop and their ratios
+    (frames/s, CPU per frame, peak PSS); and the spread (min-max) of every mode's runs."""
+    ratios: list[dict[str, object]] = []
+    spreads: list[dict[str, object]] = []
     for video in dict.fromkeys(r["video"] for r in rows):
-        by_mode = {r["mode"]: r for r in rows if r["video"] == video}
-        job, loop = by_mode.get("ray_job"), by_mode.get("loop")
-        if job is None or loop is None or not loop["fps"] or not loop["peak_tree_pss_mib"]:
-            continue
-        out.append(
-            {
-                "video": video,
-                "fps_ratio": round(job["fps"] / loop["fps"], 3),
-                "cpu_ratio": (
-                    round(job["cpu_ms_per_frame"] / loop["cpu_ms_per_frame"], 3)
-                    if job.get("cpu_ms_per_frame") and loop.get("cpu_ms_per_frame")
-                    else None
-                ),
-                "pss_ratio": round(job["peak_tree_pss_mib"] / loop["peak_tree_pss_mib"], 3),
-            }
-        )
-    return out
+        runs = {
+            mode: [r for r in rows if r["video"] == video and r["mode"] == mode] for mode in (*MODES, WARM)
+        }
+        loop = runs["loop"]
+        for kind in ("ray_job", WARM):
+            job = runs[kind]
+            if not job or not loop:
+                continue
+            fps, cpu, pss = (_median(job, k) for k in ("fps", "cpu_ms_per_frame", "peak_tree_pss_mib"))
+            loop_fps, loop_cpu, loop_pss = (
+                _median(loop, k) for k in ("fps", "cpu_ms_per_frame", "peak_tree_pss_mib")
+            )
+            ratios.append(
+                {
+                    "video": video,
+                    "job": kind,
+                    "loop_fps": loop_fps,
+                    "job_fps": fps,
+                    "fps_ratio": round(fps / loop_fps, 3),
+                    "loop_cpu": loop_cpu,
+                    "job_cpu": cpu,
+                    "cpu_ratio": round(cpu / loop_cpu, 3),
+                    "pss_ratio": round(pss / loop_pss, 3),
+                }
+            )
+        for mode, mode_runs in runs.items():
+            if mode_runs:
+                spreads.append(
+                    {
+                        "video": video,
+                        "mode": mode,
+                        "runs": len(mode_runs),
+                        "fps": _spread([r["fps"] for r in mode_runs], ".2f"),
+                        "cpu_ms_per_frame": _spread([r["cpu_ms_per_frame"] for r in mode_runs], ".0f"),
+                        "peak_tree_pss_mib": _spread([r["peak_tree_pss_mib"] for r in mode_runs], ".0f"),
+                    }
+                )
+    return ratios, spreads
+
+
+SPREAD_COLUMNS = (
+    ("video", "video"),
+    ("mode", "mode"),
+    ("runs", "runs"),
+    ("fps", "frames/s min-max"),
+    ("cpu_ms_per_frame", "CPU ms/frame min-max"),
+    ("peak_tree_pss_mib", "peak PSS MiB min-max"),
+)
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
@@ -142,7 +154,6 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     started = time.perf_counter()
     models = bench_models(args.models_dir, args.assets, args.detector)
     pipeline = pipeline_config(models, args.providers, enhance=False)
-    source = args.assets / "images" / SOURCE_IMAGE
     rows: list[dict[str, Any]] = []
     videos: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="video-bench-") as tmp:
@@ -156,28 +167,26 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 "frames": info.frame_count,
                 "fps": str(info.fps),
             }
-            for mode in args.modes:
-                spec = RunSpec(
-                    video=str(video),
-                    output=str(workdir / f"{mode}_{Path(name).stem}.mp4"),
-                    source=str(source),
-                    pipeline=pipeline,
-                    batch_size=args.batch_size,
-                    actors=args.actors,
-                    interval=args.interval,
-                )
-                with CpuSampler(args.interval) as cpu:
-                    measured = measure(mode, spec)
-                cpu_ms = cpu.cpu_s * 1e3 / measured.frames if measured.frames else None
-                rows.append(
-                    {
-                        "video": name,
-                        **asdict(measured),
-                        "cpu_s": round(cpu.cpu_s, 2),
-                        "cpu_ms_per_frame": None if cpu_ms is None else round(cpu_ms, 1),
-                    }
-                )
-                log.info("%s %s: %.2f frames/s", name, mode, measured.fps)
+            for repeat in range(1, args.repeats + 1):
+                for mode in args.modes:
+                    spec = RunSpec(
+                        video=str(video),
+                        output=str(workdir / f"{mode}_{Path(name).stem}.mp4"),
+                        source=str(args.assets / "images" / SOURCE_IMAGE),
+                        pipeline=pipeline,
+                        batch_size=args.batch_size,
+                        actors=args.actors,
+                        interval=args.interval,
+                        cpus_per_actor=args.cpus_per_actor,
+                        num_gpus=args.num_gpus,
+                        loop_threads=args.loop_threads,
+                        loop_spin=args.loop_spin,
+                        jobs=1 + args.warm,
+                    )
+                    for measured in measure(mode, spec):
+                        rows.append({"video": name, "repeat": repeat, **asdict(measured)})
+                        log.info("%s run %d: %s", name, repeat, rows[-1])
+    ratios, spreads = ratio_rows(rows)
     return {
         "benchmark": "video",
         "environment": env_start,
@@ -192,11 +201,17 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "options": {"face_selector_mode": "one", "enhance": False},
             "batch_size": args.batch_size,
             "actors": args.actors,
-            "memory_interval_s": args.interval,
+            "cpus_per_actor": args.cpus_per_actor,
+            "num_gpus_per_actor": args.num_gpus,
+            "loop_threads": args.loop_threads or "one per core",
+            "loop_spin": args.loop_spin,
+            "repeats": args.repeats,
+            "sampling_interval_s": args.interval,
             "encoder": "libx264 preset veryfast (both modes)",
         },
         "results": rows,
-        "ratios": ratio_rows(rows),
+        "ratios": ratios,
+        "spreads": spreads,
         "total_s": round(time.perf_counter() - started, 1),
     }
 
@@ -208,11 +223,16 @@ def render(payload: dict[str, Any]) -> str:
         [
             f"device: {env['device']}; {settings['models']}; providers {settings['providers']}; "
             f"{env['date_utc']}",
-            f"Ray Data: batch_size {settings['batch_size']}, {settings['actors']} swap actor(s); "
-            "loop: one process, one frame at a time",
-            format_table(payload["results"], TABLE_COLUMNS),
+            f"ray_job: batch {settings['batch_size']}, {settings['actors']} swap actor(s) x "
+            f"{settings['cpus_per_actor']} CPU (as many ONNX Runtime threads, no spinning); loop: batch "
+            f"{settings['batch_size']}, ONNX Runtime threads {settings['loop_threads']}, spinning "
+            f"{settings['loop_spin']}; {settings['repeats']} alternating run(s) per mode",
+            format_table(payload["results"], RUN_COLUMNS),
             "",
+            "medians:",
             format_table(payload["ratios"], RATIO_COLUMNS),
+            "",
+            format_table(payload["spreads"], SPREAD_COLUMNS),
             f"load average 1/5/15 min: start {env['load_average_1_5_15m']}, "
             f"end {payload['load_average_end']}",
             f"total {payload['total_s']:.0f} s",
@@ -227,15 +247,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--videos", nargs="+", default=list(DEFAULT_VIDEOS), help="file names in assets/video"
     )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--batch-size", type=int, default=8, help="frames per model batch (Ray Data)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per mode (default 3)")
+    parser.add_argument("--batch-size", type=int, default=8, help="frames per model batch (both modes)")
     parser.add_argument("--actors", type=int, default=1, help="swap actors (Ray Data)")
-    parser.add_argument("--interval", type=float, default=0.25, help="memory sampling period, seconds")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs and ORT threads per actor")
+    parser.add_argument(
+        "--num-gpus", type=float, default=0.0, help="GPUs per swap actor (e.g. 1 with --providers cuda)"
+    )
+    parser.add_argument("--loop-threads", type=int, default=0, help="ORT threads of the loop (0: per core)")
+    parser.add_argument(
+        "--no-loop-spin", dest="loop_spin", action="store_false", help="loop ORT: no spinning"
+    )
+    parser.add_argument(
+        "--warm", type=int, default=1, help="warm jobs after the cold one in the same Ray session (default 1)"
+    )
+    parser.add_argument("--interval", type=float, default=0.25, help="sampling period, seconds")
     parser.add_argument("--workdir", type=Path, help="where output videos go (default: a temp folder)")
     parser.add_argument("--json", type=Path, default=Path("out/video_bench.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.batch_size < 1 or args.actors < 1 or args.interval <= 0:
-        parser.error("--batch-size and --actors must be >= 1, --interval > 0")
+    if args.batch_size < 1 or args.actors < 1 or args.interval <= 0 or args.repeats < 1:
+        parser.error("--batch-size, --actors and --repeats must be >= 1, --interval > 0")
     return report("video", run, render, args)
 
 

@@ -26,11 +26,11 @@ from pipeline.options import SwapOptions
 from pipeline.orchestration import SwapOrchestrator
 from pipeline.profiles import PipelineConfig, build_models
 from pipeline.provenance import read_video_label
-from pipeline.video import iter_frame_batches, probe_video, read_frames
+from pipeline.video import FrameChunk, iter_frame_batches, plan_chunks, probe_video, read_frames
 from serve_app.batch import BatchJobConfig, add_batch_arguments, main, run_batch_job
 from serve_app.batch import storage as batch_storage
 from serve_app.batch.cli import build_parser, config_from_args
-from serve_app.batch.decode import FrameSource, decode_frames
+from serve_app.batch.decode import DecodeFrames, FrameSource, piece_rows
 from serve_app.batch.sink import write_outputs
 from serve_app.batch.storage import resolve_uri
 from serve_app.batch.targets import plan_targets
@@ -146,23 +146,35 @@ def _in_process(config: BatchJobConfig, frames: list[np.ndarray], assets: Path) 
 
 
 # -- the decode stage, the sink and the plan (no Ray) ------------------------------------------------------
-def test_decode_stage_yields_every_frame_in_order_in_batches(assets, frames_dir):
+def _decoded(decoder: DecodeFrames, rows: list[dict[str, int]]) -> list[tuple[int, int, int, np.ndarray]]:
+    """(target, index, pts, image) of every frame the decode stage gives for ``rows``, one call per row."""
+    out = []
+    for row in rows:
+        batch = decoder({k: np.array([v]) for k, v in row.items()})
+        keys = ("target", "index", "pts", "image")
+        out += [
+            (int(t), int(i), int(p), image) for t, i, p, image in zip(*(batch[k] for k in keys), strict=True)
+        ]
+    return out
+
+
+def test_decode_stage_gives_every_frame_in_order_and_seeks_when_pieces_jump(assets, frames_dir):
     video = _video(assets, AAC)
     reference = list(read_frames(video))
     files = tuple(str(p) for p in sorted(frames_dir.glob("*.png")))
     sources = [FrameSource("video", str(video)), FrameSource("frames", str(frames_dir), files, Fraction(10))]
-    batches = list(decode_frames({"target": np.array([0, 1])}, sources=sources, batch_size=8))
-    assert [len(b["index"]) for b in batches] == [8] * 9 + [3] + [8, 4]
-    video_rows = [b for b in batches if b["target"][0] == 0]
-    assert np.concatenate([b["index"] for b in video_rows]).tolist() == list(range(75))
-    assert np.concatenate([b["pts"] for b in video_rows]).tolist() == [f.pts for f in reference]
-    images = np.concatenate([b["image"] for b in video_rows])
-    assert images.shape == (75, 480, 640, 3) and images.dtype == np.uint8
-    assert all(np.array_equal(images[i], f.image) for i, f in enumerate(reference))
-    folder = [b for b in batches if b["target"][0] == 1]
-    assert np.concatenate([b["time_s"] for b in folder]).tolist() == pytest.approx(
-        [i / 10 for i in range(12)]
-    )
+    rows = piece_rows([(0, c) for c in plan_chunks(video, 8)] + [(1, FrameChunk(s, 4)) for s in (0, 4, 8)])
+    frames = _decoded(DecodeFrames(sources), rows)
+    assert [(t, i) for t, i, _, _ in frames] == [(0, i) for i in range(75)] + [(1, i) for i in range(12)]
+    assert [p for t, _, p, _ in frames if t == 0] == [f.pts for f in reference]
+    assert all(np.array_equal(image, reference[i].image) for t, i, _, image in frames if t == 0)
+    assert all(np.array_equal(image, cv2.imread(files[i])) for t, i, _, image in frames if t == 1)
+    # pieces out of order: each jump is a keyframe seek (keyframes every 25 frames, B-frames between)
+    shuffled = [rows[i] for i in (5, 1, 9, 0, 4)]
+    for _, i, pts, image in _decoded(DecodeFrames(sources), shuffled):
+        assert pts == reference[i].pts and np.array_equal(image, reference[i].image)
+    with pytest.raises(InvalidInputError, match="only 3 of the 8 frames from frame 72"):
+        _decoded(DecodeFrames(sources), [{**rows[9], "count": 8}])
 
 
 def _swapped_batch(target: int, start: int, n: int, faces: int = 1) -> dict[str, np.ndarray]:

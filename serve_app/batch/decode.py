@@ -1,11 +1,14 @@
-"""The ordered decode stage of a batch job (a Ray Data ``map_batches`` UDF over numpy batches).
+"""The ordered decode stage of a batch job: a stateful Ray Data actor (``map_batches`` over numpy batches)
+that turns piece rows into frame batches.
 
-One task per target, in target order, decodes the whole video (or reads the folder of frames) sequentially
-with :mod:`pipeline.video` and yields batches of ``batch_size`` frames as it goes; Ray Data's
-streaming-generator backpressure pauses it while the swap stage is behind, so memory does not grow with the
-length of the video. Because one task sees every frame of its video in order, per-video state (a face
-tracker: detections and tracks flowing through the video) belongs here: it would add each frame's faces to
-the batch, and the swap stage would pass them to
+The driver plans every target as pieces of ``batch_size`` frames (:func:`pipeline.video.plan_chunks`) and
+the dataset holds one small row per piece: ``target`` (int32), ``start`` (int64: its first frame),
+``count`` (int64) and ``start_pts`` (int64, -1: unknown). The actor keeps the current target's reader open
+between pieces, so pieces that come in order (they do: one actor, order preserved) decode each video once,
+sequentially; a piece that does not follow the previous one is reached by a keyframe seek. Each piece is a
+small task, so Ray Data's budget stops decoding while the swap stage is behind and memory does not grow with
+the length of the video. Per-video state belongs here too: a face tracker would see every frame of its
+video in order and add each frame's faces to the batch, and the swap stage would pass them to
 :meth:`~pipeline.orchestration.SwapOrchestrator.swap_frames` (``faces=...``) instead of detecting.
 
 A frame batch holds ``target`` (int32), ``index`` (int64), ``pts`` (int64), ``time_s`` (float64) and
@@ -14,6 +17,7 @@ A frame batch holds ``target`` (int32), ``index`` (int64), ``pts`` (int64), ``ti
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,7 +25,8 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.video import VideoFrame, iter_frame_batches, read_frame_files, read_frames
+from pipeline.errors import InvalidInputError
+from pipeline.video import FrameChunk, VideoFrame, read_frame_files, read_frames
 
 Batch = dict[str, np.ndarray]
 
@@ -38,17 +43,31 @@ class FrameSource:
     fps: Fraction = Fraction(25)
     """The frame rate of a folder of frames (a video's own rate is in the file)."""
 
-    def frames(self) -> Iterator[VideoFrame]:
-        """Every frame in presentation order."""
+    def frames(self, start: int = 0, start_pts: int | None = None) -> Iterator[VideoFrame]:
+        """The frames from frame ``start`` on, in presentation order (``start_pts``: see
+        :func:`pipeline.video.read_frames`)."""
         if self.kind == "video":
-            return read_frames(self.path)
-        return read_frame_files(self.files, self.fps)
+            return read_frames(self.path, start=start, start_pts=start_pts)
+        return read_frame_files(self.files, self.fps, start=start)
 
 
-def frame_batch(target: int, frames: Sequence[VideoFrame]) -> Batch:
-    """The batch of ``frames`` of target number ``target``."""
+def piece_rows(pieces: Sequence[tuple[int, FrameChunk]]) -> list[dict[str, int]]:
+    """The dataset rows of ``pieces`` ((target, chunk) in job order)."""
+    return [
+        {
+            "target": target,
+            "start": chunk.start,
+            "count": chunk.count,
+            "start_pts": -1 if chunk.start_pts is None else chunk.start_pts,
+        }
+        for target, chunk in pieces
+    ]
+
+
+def frame_batch(targets: Sequence[int], frames: Sequence[VideoFrame]) -> Batch:
+    """The batch of ``frames``, frame ``i`` of target number ``targets[i]``."""
     return {
-        "target": np.full(len(frames), target, np.int32),
+        "target": np.array(targets, np.int32),
         "index": np.array([f.index for f in frames], np.int64),
         "pts": np.array([f.pts for f in frames], np.int64),
         "time_s": np.array([f.time_s for f in frames], np.float64),
@@ -56,8 +75,29 @@ def frame_batch(target: int, frames: Sequence[VideoFrame]) -> Batch:
     }
 
 
-def decode_frames(rows: Batch, *, sources: Sequence[FrameSource], batch_size: int) -> Iterator[Batch]:
-    """The decode stage: for each ``target`` row, that target's frames in order, ``batch_size`` at a time."""
-    for target in rows["target"].tolist():
-        for frames in iter_frame_batches(sources[target].frames(), batch_size):
-            yield frame_batch(int(target), frames)
+class DecodeFrames:
+    """The decode stage: piece rows in, the pieces' frames out (one batch per call)."""
+
+    def __init__(self, sources: Sequence[FrameSource]) -> None:
+        self._sources = list(sources)
+        self._frames: Iterator[VideoFrame] = iter(())
+        self._next = (-1, -1)  # (target, frame) that ``_frames`` yields next
+
+    def __call__(self, rows: Batch) -> Batch:
+        frames: list[VideoFrame] = []
+        targets: list[int] = []
+        for target, start, count, start_pts in zip(
+            *(rows[k].tolist() for k in ("target", "start", "count", "start_pts")), strict=True
+        ):
+            if self._next != (target, start):
+                self._frames = self._sources[target].frames(start, None if start_pts < 0 else start_pts)
+            piece = list(itertools.islice(self._frames, count))
+            if len(piece) < count:
+                raise InvalidInputError(
+                    f"{self._sources[target].path}: only {len(piece)} of the {count} frames from frame "
+                    f"{start} could be decoded"
+                )
+            self._next = (target, start + count)
+            frames += piece
+            targets += [target] * count
+        return frame_batch(targets, frames)

@@ -2,13 +2,15 @@
 decode and swap stages of Ray Data (:mod:`.decode`, :mod:`.swap`), and write the results in order in
 the driver (:mod:`serve_app.batch.sink`).
 
-    targets (one row each) -> decode_frames (tasks, one target at a time, frames in order)
+    pieces (one small row per batch of frames) -> DecodeFrames (one actor, each video in order)
         -> SwapFrames (actor pool: models built once per actor) -> driver: VideoWriter + Parquet
 
 Each decoded frame crosses the object store twice (decoder -> swap actor -> driver), the minimum with the
 decoding, the models and the encoding in three processes that work at the same time. Order is preserved
-end to end; blocks are one batch each; the object store budget holds a few batches per actor, so the decoder
-cannot run ahead of the models and memory does not grow with the length of the video.
+end to end; blocks are one batch each. Every piece is a small task and the object store budget holds a few
+batches per actor, so Ray Data stops submitting pieces to the decoder while the swap actors are behind and
+memory does not grow with the length of the video (one task per whole video would defeat that: Ray Data
+budgets tasks, not the blocks a running task streams).
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import ray
-from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+from ray.data import ActorPoolStrategy, DataContext
 from ray.util.annotations import RayDeprecationWarning
 
 from pipeline.errors import FaceSwapError
 from pipeline.imageio import decode_image
 from serve_app.batch.config import BatchJobConfig, BatchJobResult
-from serve_app.batch.decode import decode_frames
+from serve_app.batch.decode import DecodeFrames, piece_rows
 from serve_app.batch.sink import Progress, write_outputs
 from serve_app.batch.storage import read_bytes
 from serve_app.batch.swap import SwapFrames
@@ -37,13 +40,20 @@ from serve_app.errors import unwrap
 MIN_OBJECT_STORE_BUDGET = 64 * 1024 * 1024
 TASKS_IN_FLIGHT_PER_ACTOR = 2
 """Batches queued at each swap actor: one being swapped, the next one ready."""
+BUDGET_BATCHES_PER_ACTOR = 8
+BUDGET_BATCHES_SHARED = 8
 
 
 def object_store_budget(config: BatchJobConfig, batch_bytes: int) -> int:
-    """Object store bytes the job's dataset may use: two batches per swap actor (one being swapped, one
-    queued) plus four in the decode and write stages, whatever the length of the videos; at least
-    :data:`MIN_OBJECT_STORE_BUDGET`."""
-    return max(MIN_OBJECT_STORE_BUDGET, batch_bytes * (TASKS_IN_FLIGHT_PER_ACTOR * config.num_actors + 4))
+    """Object store bytes the job's dataset may use, whatever the length of the videos: 8 batches per swap
+    actor plus 8 (at least :data:`MIN_OBJECT_STORE_BUDGET`). Ray Data reserves half of the budget, split
+    between the two stages (half of each share for finished outputs), and shares the rest; with less (6
+    batches for one actor) the swap actor waited for budget between batches (71% busy on a 600-frame 720p
+    video, 97% with 16), and the decoder runs at most a few batches ahead either way."""
+    return max(
+        MIN_OBJECT_STORE_BUDGET,
+        batch_bytes * (BUDGET_BATCHES_PER_ACTOR * config.num_actors + BUDGET_BATCHES_SHARED),
+    )
 
 
 @contextmanager
@@ -83,43 +93,47 @@ def _job_context(config: BatchJobConfig, batch_bytes: int) -> Iterator[None]:
         options.preserve_order, options.resource_limits = saved_options
 
 
+def _actor_stage(dataset: ray.data.Dataset, udf: type, **options: Any) -> ray.data.Dataset:
+    """``dataset.map_batches(udf, ...)`` on stateful actors that are never restarted: a failure fails the
+    job. With restarts, an actor killed for memory is restarted (and its batch retried) without end, and
+    Ray cannot reliably restart an actor whose constructor arguments are in the object store
+    (ray-project/ray#53727), where Ray Data puts its transformer (and says so on the console)."""
+    with warnings.catch_warnings():
+        # max_restarts has no named parameter in Ray 2.60 and the generic one warns
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        return dataset.map_batches(udf, batch_format="numpy", max_restarts=0, **options)
+
+
 def build_dataset(
     config: BatchJobConfig, plans: list[TargetPlan], source: bytes, reference: bytes | None
 ) -> ray.data.Dataset:
-    """The job's dataset: swapped frame batches of every target, in order (see :mod:`.stages`)."""
+    """The job's dataset: swapped frame batches of every target, in order (:mod:`.decode`, :mod:`.swap`)."""
     batch_bytes = config.batch_size * max(p.frame_bytes for p in plans)
     with _job_context(config, batch_bytes):
-        rows = ray.data.from_items([{"target": i} for i in range(len(plans))], override_num_blocks=len(plans))
-        frames = rows.map_batches(
-            decode_frames,
-            fn_kwargs={"sources": [p.source for p in plans], "batch_size": config.batch_size},
+        pieces = piece_rows([(i, chunk) for i, plan in enumerate(plans) for chunk in plan.chunks])
+        frames = _actor_stage(
+            ray.data.from_items(pieces, override_num_blocks=len(pieces)),
+            DecodeFrames,
+            fn_constructor_kwargs={"sources": [p.source for p in plans]},
             batch_size=1,
-            batch_format="numpy",
-            compute=TaskPoolStrategy(size=1),
+            compute=ActorPoolStrategy(size=1),
             # light next to the models: no CPU slot of its own, so the swap actors can take every core
             num_cpus=0,
             # the staged inputs are on the driver's node
             label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()},
         )
-        with warnings.catch_warnings():
-            # max_restarts has no named parameter in Ray 2.60 and the generic one warns
-            warnings.simplefilter("ignore", RayDeprecationWarning)
-            return frames.map_batches(
-                SwapFrames,
-                fn_constructor_kwargs={
-                    "pipeline": config.actor_pipeline,
-                    "options": config.options,
-                    "images": (ray.put(source), None if reference is None else ray.put(reference)),
-                },
-                compute=ActorPoolStrategy(size=config.num_actors),
-                batch_size=config.batch_size,
-                batch_format="numpy",
-                # Fail fast: with restarts, an actor killed for memory is restarted (and its batch retried)
-                # without end, and Ray cannot restart an actor whose constructor arguments live in the object
-                # store reliably (ray-project/ray#53727; Ray Data passes its transformer that way).
-                max_restarts=0,
-                **config.actor_resources,
-            )
+        return _actor_stage(
+            frames,
+            SwapFrames,
+            fn_constructor_kwargs={
+                "pipeline": config.actor_pipeline,
+                "options": config.options,
+                "images": (ray.put(source), None if reference is None else ray.put(reference)),
+            },
+            batch_size=config.batch_size,
+            compute=ActorPoolStrategy(size=config.num_actors),
+            **config.actor_resources,
+        )
 
 
 def run_batch_job(config: BatchJobConfig, progress: Progress | None = None) -> BatchJobResult:

@@ -166,10 +166,10 @@ def write_outputs(
     ``progress(done, total)`` is called as each batch arrives, with the frames written before it, and once
     at the end: the first call marks the end of the start-up, and the intervals between calls are the
     job's steady pace (a rate measured from the first call is the throughput, not diluted by the start-up
-    nor inflated by the first batch). ``total`` is the frame count the containers declare, corrected to the
-    frames actually decoded once a target ends. A failing target's partial outputs are deleted; targets
-    finished before it keep theirs."""
-    declared = [p.frames for p in plans]
+    nor inflated by the first batch). ``total`` is the planned frame count (the decode stage fails a
+    target that has fewer). A failing target's partial outputs are deleted; targets finished before it keep
+    theirs."""
+    total = sum(p.frames for p in plans)
     results: list[TargetResult] = []
     components: dict[str, str | None] = {}
     sink: TargetSink | None = None
@@ -180,7 +180,7 @@ def write_outputs(
             if not components:
                 components = components_of(batch)
                 first_at = time.monotonic()
-            progress(done, max(sum(declared), done))
+            progress(done, total)
             n = len(batch["index"])
             row = 0
             while row < n:
@@ -188,7 +188,6 @@ def write_outputs(
                 if sink is None or target != len(results):
                     if sink is not None:
                         results.append(sink.close())
-                        declared[len(results) - 1] = sink.frames
                     if target != len(results):
                         raise InvalidInputError(f"{plans[len(results)].uri}: no frames decoded")
                     sink = TargetSink(plans[target], target, config, staging)
@@ -203,7 +202,6 @@ def write_outputs(
             done += n
         if sink is not None:
             results.append(sink.close())
-            declared[-1] = sink.frames
             sink = None
     except BaseException:
         if sink is not None:

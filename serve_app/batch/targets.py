@@ -10,7 +10,7 @@ import pyarrow.fs as pafs
 
 from pipeline.errors import InvalidInputError, InvalidOptionError
 from pipeline.imageio import read_image_file
-from pipeline.video import probe_video
+from pipeline.video import FrameChunk, plan_chunks, probe_video
 from serve_app.batch.config import VIDEO_OUTPUT_SUFFIXES, BatchJobConfig, is_file_output
 from serve_app.batch.decode import FrameSource
 from serve_app.batch.storage import (
@@ -31,11 +31,15 @@ class TargetPlan:
     source: FrameSource
     size: tuple[int, int]
     """(width, height) as probed (the decoder checks every frame against the first)."""
-    frames: int
-    """Frames expected: the container's count or the number of files (progress only; never trusted)."""
+    chunks: tuple[FrameChunk, ...]
+    """Its pieces of ``batch_size`` frames, counted in the stream's packets (or the folder's files)."""
     has_audio: bool
     output: str
     parquet: str | None
+
+    @property
+    def frames(self) -> int:
+        return sum(c.count for c in self.chunks)
 
     @property
     def frame_bytes(self) -> int:
@@ -59,11 +63,14 @@ def _source(
         files = stage_frame_files(fs, path, uri, staging)
         first = read_image_file(files[0])
         source = FrameSource("frames", str(Path(files[0]).parent), tuple(files), config.frames_fps)
-        return source, (first.shape[1], first.shape[0]), len(files), False
+        step = config.batch_size
+        chunks = tuple(FrameChunk(s, min(step, len(files) - s)) for s in range(0, len(files), step))
+        return source, (first.shape[1], first.shape[0]), chunks, False
     if kind == pafs.FileType.File:
         local = stage_in(fs, path, uri, staging)
         info = probe_video(local)
-        return FrameSource("video", local), (info.width, info.height), info.frame_count, info.has_audio
+        chunks = tuple(plan_chunks(local, config.batch_size))
+        return FrameSource("video", local), (info.width, info.height), chunks, info.has_audio
     raise InvalidInputError(f"{uri}: no such file or folder")
 
 
@@ -85,7 +92,7 @@ def plan_targets(config: BatchJobConfig, staging: Path) -> list[TargetPlan]:
         if any(same_location(out, target) for target in config.targets):
             raise InvalidOptionError(f"output {out} would overwrite its own input")
     plans = []
-    for uri, (source, size, frames, has_audio), out in zip(config.targets, sources, outputs, strict=True):
+    for uri, (source, size, chunks, has_audio), out in zip(config.targets, sources, outputs, strict=True):
         parquet = out[: -len(PurePosixPath(out).suffix)] + ".parquet" if config.write_parquet else None
-        plans.append(TargetPlan(uri, source, size, frames, has_audio, out, parquet))
+        plans.append(TargetPlan(uri, source, size, chunks, has_audio, out, parquet))
     return plans
