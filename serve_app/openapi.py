@@ -221,6 +221,7 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
     error = {"content": {JSON_TYPE: {"schema": {"$ref": "#/components/schemas/Error"}}}}
     errors = {
         "400": {"description": "Missing field, bad option or corrupt image.", **error},
+        "408": {"description": "The body arrived too slowly or stopped arriving.", **error},
         "413": {"description": "Body or image pixel count over the limit.", **error},
         "415": {"description": "Not a JPEG, PNG or WebP image, or not multipart/form-data.", **error},
         "422": {"description": "No face found, or an option the deployed models cannot honour.", **error},
@@ -272,8 +273,9 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
                             "name": "X-Request-ID",
                             "in": "header",
                             "required": False,
-                            "schema": {"type": "string"},
-                            "description": "Echoed in the response header and body; generated when absent.",
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+                            "description": "Echoed in the response header and body when it matches the "
+                            "pattern; otherwise (or when absent) the service generates one.",
                         },
                     ],
                     "requestBody": {
@@ -291,6 +293,14 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
                     "responses": {
                         "200": {
                             "description": "The swapped image: JSON, or bytes when Accept asks for an image.",
+                            "headers": {
+                                "X-Faces-Swapped": {"schema": {"type": "integer"}},
+                                "X-Hop-Bytes": {
+                                    "schema": {"type": "integer"},
+                                    "description": "Array bytes this request sent to and received from the "
+                                    "model deployments.",
+                                },
+                            },
                             "content": {
                                 JSON_TYPE: {"schema": {"$ref": "#/components/schemas/SwapResponse"}},
                                 JPEG_TYPE: {"schema": {"type": "string", "format": "binary"}},
@@ -355,14 +365,20 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
                         "result_image",
                         "request_id",
                         "faces_swapped",
+                        "faces_processed",
                         "components",
                     ],
                     "properties": {
                         "success": {"type": "boolean", "enum": [True]},
-                        "message": {"type": "string"},
+                        "message": {"type": "string", "description": "e.g. 'swapped 2 faces'"},
                         "result_image": {"type": "string", "description": "data:image/jpeg;base64,..."},
                         "request_id": {"type": "string"},
-                        "faces_swapped": {"type": "integer", "minimum": 1},
+                        "faces_swapped": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "Faces swapped (0 for an enhance-only request).",
+                        },
+                        "faces_processed": {"type": "integer", "minimum": 1},
                         "components": {
                             "type": "object",
                             "additionalProperties": {"type": "string", "nullable": True},
