@@ -290,6 +290,8 @@ class SwapIngress:
         self._metrics.record_faces(result.faces_swapped)
         self._metrics.record_hop_bytes(meter.total)
         headers = {"X-Faces-Swapped": str(result.faces_swapped), "X-Hop-Bytes": str(meter.total)}
+        if result.notices:
+            headers["X-Faceswap-Notice"] = " ".join(result.notices)
         if media_type != JSON_TYPE:
             return Response(encoded.data, media_type=media_type, headers=headers)
         return JSONResponse(
@@ -301,6 +303,7 @@ class SwapIngress:
                 "faces_swapped": result.faces_swapped if options.swap else 0,
                 "faces_processed": result.faces_swapped,
                 "components": result.components,
+                "notices": list(result.notices),
             },
             headers=headers,
         )

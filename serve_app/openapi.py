@@ -295,6 +295,10 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
                             "description": "The swapped image: JSON, or bytes when Accept asks for an image.",
                             "headers": {
                                 "X-Faces-Swapped": {"schema": {"type": "integer"}},
+                                "X-Faceswap-Notice": {
+                                    "schema": {"type": "string"},
+                                    "description": "The notices of the JSON answer, for image answers.",
+                                },
                                 "X-Hop-Bytes": {
                                     "schema": {"type": "integer"},
                                     "description": "Array bytes this request sent to and received from the "
@@ -367,6 +371,7 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
                         "faces_swapped",
                         "faces_processed",
                         "components",
+                        "notices",
                     ],
                     "properties": {
                         "success": {"type": "boolean", "enum": [True]},
@@ -379,6 +384,12 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
                             "description": "Faces swapped (0 for an enhance-only request).",
                         },
                         "faces_processed": {"type": "integer", "minimum": 1},
+                        "notices": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "What to know about the result, e.g. that the classical "
+                            "no-download swapper made it and how to install the real models.",
+                        },
                         "components": {
                             "type": "object",
                             "additionalProperties": {"type": "string", "nullable": True},

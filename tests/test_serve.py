@@ -189,6 +189,7 @@ def test_swap_returns_the_seed_json_shape(tm: str, http: httpx.Client, local_pip
         "faces_swapped",
         "faces_processed",
         "components",
+        "notices",
     }
     assert body["success"] is True and body["message"] == "swapped 1 face"
     assert body["request_id"] == "req-json-1" == response.headers["x-request-id"]
