@@ -26,6 +26,7 @@ Same models and photos as ``bench.http_bench`` (bench models of ``--models-dir``
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import statistics
@@ -60,10 +61,11 @@ from bench.http_bench import (
     run_level,
 )
 from bench.micro import time_call
-from pipeline.engine import crops_for
 from pipeline.imageio import decode_image
+from pipeline.inprocess import Models
 from pipeline.options import SwapOptions
-from pipeline.profiles import build_pipeline
+from pipeline.orchestration import SwapOrchestrator, crops_for
+from pipeline.profiles import build_models
 
 log = logging.getLogger("bench.batching")
 
@@ -85,17 +87,28 @@ def _row(path: str, max_batch: int, level: LevelResult, delta: dict[str, float |
     return {"path": path, "max_batch_size": max_batch, **asdict(level), **delta}
 
 
+def _crops_and_identity(
+    orchestrator: SwapOrchestrator, photos: Any, options: SwapOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    """The swapper crops of the target's selected faces and the source identity, computed in process."""
+    source = decode_image(photos.source_bytes, field="source_image")
+    target = decode_image(photos.target_bytes, field="target_image")
+    identity = asyncio.run(orchestrator.source_identity(source, options))
+    detected = asyncio.run(orchestrator.detect([target], options.detector_score))
+    faces = asyncio.run(orchestrator.select([target], detected, options))[0]
+    crops, _ = crops_for(target, faces, orchestrator.ports.swapper.info.crop)
+    return crops, identity.value
+
+
 def serve_rows(
-    args: argparse.Namespace, models: Any, photos: Any, pipeline: Any
+    args: argparse.Namespace, models: Any, photos: Any, orchestrator: SwapOrchestrator
 ) -> tuple[list[dict[str, object]], dict[str, object]]:
     """Redeploy per ``max_batch_size`` and load the swapper (handle) and the whole graph (HTTP)."""
     from ray import serve
 
     options = SwapOptions()
-    source = decode_image(photos.source_bytes, field="source_image")
-    target = decode_image(photos.target_bytes, field="target_image")
-    identity = pipeline.swapper.encode_source(source, pipeline.source_face(source, options))
-    faces = pipeline.target_faces(target, options)
+    crops, identity = _crops_and_identity(orchestrator, photos, options)
+    identities = np.repeat(identity[None], len(crops), axis=0)
     rows: list[dict[str, object]] = []
     deploy_s: dict[str, object] = {}
     with local_serve(args.num_cpus) as base_url:
@@ -118,8 +131,8 @@ def serve_rows(
                 swapper = serve.get_deployment_handle("FaceSwapper", APP_NAME)
 
                 def swap_call(handle: Any = swapper) -> int:
-                    out = handle.swap.remote(target, faces, identity, options).result(timeout_s=600)
-                    return len(out.faces)
+                    out = handle.swap.remote(crops, identities).result(timeout_s=600)
+                    return len(out.crops)
 
                 calls: list[tuple[str, Call, int]] = [("swapper", swap_call, args.requests)]
                 if args.http_requests:
@@ -135,15 +148,11 @@ def serve_rows(
     return rows, deploy_s
 
 
-def direct_rows(args: argparse.Namespace, photos: Any, pipeline: Any) -> list[dict[str, object]]:
+def direct_rows(args: argparse.Namespace, photos: Any, models: Models) -> list[dict[str, object]]:
     """``swap_crops`` at each batch size on real crops of the target's faces, one thread."""
     options = SwapOptions.from_mapping({"face_selector_mode": "many"})
-    source = decode_image(photos.source_bytes, field="source_image")
-    target = decode_image(photos.target_bytes, field="target_image")
-    identity = pipeline.swapper.encode_source(source, pipeline.source_face(source, options))
-    faces = pipeline.target_faces(target, options)
-    swapper = pipeline.swapper
-    crops, _ = crops_for(target, faces, swapper.template, swapper.crop_size)
+    crops, identity = _crops_and_identity(SwapOrchestrator(models.ports()), photos, options)
+    swapper = models.swapper
     rows: list[dict[str, object]] = []
     base: dict[str, float] = {}
     for batch in args.direct_batches:
@@ -205,9 +214,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     started = time.perf_counter()
     models = bench_models(args.models_dir, args.assets, args.detector)
     photos = load_photos(args.assets)
-    pipeline = build_pipeline(pipeline_config(models, args.providers, enhance=False))
-    direct = direct_rows(args, photos, pipeline)
-    served, deploy_s = serve_rows(args, models, photos, pipeline)
+    local = build_models(pipeline_config(models, args.providers, enhance=False))
+    direct = direct_rows(args, photos, local)
+    served, deploy_s = serve_rows(args, models, photos, SwapOrchestrator(local.ports()))
     return {
         "benchmark": "batching",
         "environment": env_start,

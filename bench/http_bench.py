@@ -17,8 +17,9 @@ API's default), JSON response with the JPEG result (the seed's response shape).
 
 Three ways to serve the same work, each doing decode of the two uploads -> swap -> JPEG encode:
 
-- ``inprocess``: one :class:`~pipeline.engine.FacePipeline` shared by a thread pool of ``concurrency``
-  workers (the seed's single-process design); the bytes are decoded and the result encoded in the worker.
+- ``inprocess``: one :class:`~pipeline.orchestration.SwapOrchestrator` over in-process ports shared by a
+  thread pool of ``concurrency`` workers (one process); the bytes are decoded, swapped and the result
+  encoded (with its provenance label) in the worker, the same ``swap_encoded`` the ingress runs.
 - ``handle``: the Serve graph through its Python handle (``swap_images``); decoding and encoding happen in
   the client threads, so it differs from ``inprocess`` only by the graph (process hops, object store,
   cross-request batching).
@@ -36,6 +37,7 @@ shares).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -49,6 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import httpx
 import numpy as np
 
@@ -56,8 +59,10 @@ from bench.common import environment, format_table, write_json
 from pipeline.errors import FaceSwapError
 from pipeline.imageio import decode_image, encode_image
 from pipeline.options import SwapOptions
-from pipeline.profiles import PipelineConfig, build_pipeline
+from pipeline.orchestration import SwapOrchestrator
+from pipeline.profiles import PipelineConfig, build_models
 from pipeline.sessions import SessionConfig
+from pipeline.video import read_frames
 from serve_app.local import local_serve
 
 log = logging.getLogger("bench.http_bench")
@@ -69,9 +74,11 @@ TARGET_IMAGE = "pexels_group_meeting_1080865.jpeg"
 DETECTORS = {"yunet": "face_detection_yunet_2026may.onnx", "scrfd": "scrfd_500m_bnkps.onnx"}
 APP_NAME = "bench"
 SWAP_URL_PATH = "/api/v1/swap"
+HOP_CLIP = "group_pan_1280x720_25fps_h264.mp4"
+"""The 720p clip whose first frame measures the bytes across hops."""
 JPEG_QUALITY = 92
 """The ingress' default ``jpeg_quality``; the in-process mode encodes with the same."""
-GPU_SHARES = {"detector": 0.2, "swapper": 0.4, "enhancer": 0.4}
+GPU_SHARES = {"detector": 0.1, "embedder": 0.1, "swapper": 0.4, "enhancer": 0.4}
 """Logical GPU fractions of the model deployments with ``--providers cuda`` (one GPU in all)."""
 
 
@@ -163,6 +170,7 @@ def app_args(
         "enhance": enhance,
         "ingress": {"num_cpus": 0, "max_ongoing_requests": 128, "max_inflight_swaps": 128},
         "detector": model_deployment("detector", 8, 64),
+        "embedder": model_deployment("embedder", 8, 64),
         "swapper": model_deployment("swapper", swapper_batch, 64),
     }
     if enhance:
@@ -278,16 +286,24 @@ class LevelResult:
     max_ms: float | None
     cpu_ms_per_request: float | None
     """CPU time of this process tree (see :func:`tree_cpu_seconds`) over the timed part, per success."""
+    hop_kb_per_request: float | None = None
+    """Array kilobytes a request sent to and received from the model deployments (``X-Hop-Bytes``)."""
     faces_swapped: list[int] = field(default_factory=list)
     """Distinct faces_swapped values seen."""
     first_error: str = ""
 
 
 def run_level(
-    mode: str, call: Call, concurrency: int, requests: int, warmup: int | None = None
+    mode: str,
+    call: Call,
+    concurrency: int,
+    requests: int,
+    warmup: int | None = None,
+    hops: list[int] | None = None,
 ) -> LevelResult:
     """``warmup`` (default ``concurrency``) untimed requests, then ``requests`` from ``concurrency`` threads
-    pulling from one shared counter. Throughput = successful requests / wall time of the timed part."""
+    pulling from one shared counter. Throughput = successful requests / wall time of the timed part.
+    ``hops``: where ``call`` appends each request's hop bytes (averaged over the timed part)."""
     lock = threading.Lock()
     latencies: list[float] = []
     faces: set[int] = set()
@@ -317,6 +333,8 @@ def run_level(
         for future in [pool.submit(worker) for _ in range(concurrency)]:
             future.result()
         latencies.clear()
+        if hops is not None:
+            hops.clear()
         warm_errors = len(errors)
         remaining[0] = requests
         cpu_start = tree_cpu_seconds()
@@ -345,6 +363,7 @@ def run_level(
         mean_ms=round(statistics.fmean(ms), 1) if len(ms) else None,
         max_ms=round(float(ms.max()), 1) if len(ms) else None,
         cpu_ms_per_request=round(cpu * 1e3 / len(latencies), 1) if latencies else None,
+        hop_kb_per_request=round(statistics.fmean(hops) / 1024, 1) if hops else None,
         faces_swapped=sorted(faces),
         first_error=(errors[0] if errors else ""),
     )
@@ -352,15 +371,17 @@ def run_level(
     return result
 
 
-def inprocess_call(pipeline: Any, photos: Photos, options: SwapOptions) -> Call:
-    """Decode both uploads, ``FacePipeline.swap``, encode JPEG: the work of one seed request."""
+def inprocess_call(orchestrator: SwapOrchestrator, photos: Photos, options: SwapOptions) -> Call:
+    """The ingress' work in one process: decode both uploads, swap, encode a labelled JPEG."""
+    uploads = {"source_image": photos.source_bytes, "target_image": photos.target_bytes}
 
     def call() -> int:
-        source = decode_image(photos.source_bytes, field="source_image")
-        target = decode_image(photos.target_bytes, field="target_image")
-        result = pipeline.swap(source, target, options)
-        encode_image(result.image, "image/jpeg", JPEG_QUALITY)
-        return int(result.faces_swapped)
+        encoded = asyncio.run(
+            orchestrator.swap_encoded(
+                uploads, options, media_type="image/jpeg", quality=JPEG_QUALITY, label={"request_id": "bench"}
+            )
+        )
+        return int(encoded.result.faces_swapped)
 
     return call
 
@@ -386,8 +407,11 @@ def form_fields(options: SwapOptions) -> dict[str, str]:
     }
 
 
-def http_call(client: httpx.Client, url: str, photos: Photos, options: SwapOptions) -> Call:
-    """``POST /api/v1/swap`` multipart; JSON answer with the base64 JPEG, checked for success."""
+def http_call(
+    client: httpx.Client, url: str, photos: Photos, options: SwapOptions, hops: list[int] | None = None
+) -> Call:
+    """``POST /api/v1/swap`` multipart; JSON answer with the base64 JPEG, checked for success. Appends each
+    response's ``X-Hop-Bytes`` to ``hops``."""
     files = {
         "source_image": (photos.source_name, photos.source_bytes, _mime(photos.source_name)),
         "target_image": (photos.target_name, photos.target_bytes, _mime(photos.target_name)),
@@ -401,6 +425,8 @@ def http_call(client: httpx.Client, url: str, photos: Photos, options: SwapOptio
         body = response.json()
         if not body.get("success") or not body.get("result_image", "").startswith("data:image/jpeg;base64,"):
             raise RuntimeError(f"unexpected body {str(body)[:200]}")
+        if hops is not None:
+            hops.append(int(response.headers["x-hop-bytes"]))
         return int(body["faces_swapped"])
 
     return call
@@ -414,6 +440,28 @@ def _http_result_image(client: httpx.Client, url: str, photos: Photos, options: 
     response = client.post(url, files=files, data=form_fields(options), headers={"Accept": "image/png"})
     response.raise_for_status()
     return decode_image(response.content)
+
+
+def hop_bytes_on_a_frame(client: httpx.Client, url: str, photos: Photos, assets: Path) -> dict[str, object]:
+    """The bytes one swap sends across Ray hops for one face on a 720p video frame (the first frame of the
+    shipped group clip, ``face_selector_mode=one``, no enhancer), against the decoded frame's bytes."""
+    frame = next(read_frames(assets / "video" / HOP_CLIP)).image
+    _, png = cv2.imencode(".png", frame)
+    files = {
+        "source_image": (photos.source_name, photos.source_bytes, _mime(photos.source_name)),
+        "target_image": ("frame.png", png.tobytes(), "image/png"),
+    }
+    response = client.post(
+        url, files=files, data={"face_selector_mode": "one"}, headers={"Accept": "image/jpeg"}
+    )
+    response.raise_for_status()
+    hop = int(response.headers["x-hop-bytes"])
+    return {
+        "hop_frame": f"{HOP_CLIP} frame 0, {frame.shape[1]}x{frame.shape[0]}, one face, no enhancer",
+        "hop_bytes_per_request": hop,
+        "decoded_frame_bytes": int(frame.nbytes),
+        "hop_bytes_vs_frame": round(hop / frame.nbytes, 4),
+    }
 
 
 # --- the benchmark ------------------------------------------------------------------------------------------
@@ -430,6 +478,7 @@ TABLE_COLUMNS = (
     ("p99_ms", "p99 ms", ".0f"),
     ("mean_ms", "mean ms", ".0f"),
     ("cpu_ms_per_request", "CPU ms/req", ".0f"),
+    ("hop_kb_per_request", "hop KB/req", ".0f"),
 )
 OVERHEAD_COLUMNS = (
     ("concurrency", "conc"),
@@ -489,7 +538,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "client": "httpx.Client, one keep-alive connection per worker thread, same machine",
         "response": "JSON with base64 JPEG (quality 92); in-process and handle modes encode the same JPEG",
     }
-    pipeline = build_pipeline(pipeline_config(models, args.providers, args.enhance))
+    orchestrator = SwapOrchestrator(
+        build_models(pipeline_config(models, args.providers, args.enhance)).ports()
+    )
     results: list[LevelResult] = []
     check: dict[str, object] = {}
     stats: dict[str, object] = {}
@@ -506,23 +557,28 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             url = f"{base_url}{SWAP_URL_PATH}"
             # The same models must give the same picture through HTTP (PNG, lossless) as in process.
             served = _http_result_image(client, url, photos, options)
-            local = pipeline.swap(
-                decode_image(photos.source_bytes), decode_image(photos.target_bytes), options
+            local = asyncio.run(
+                orchestrator.swap(
+                    decode_image(photos.source_bytes), decode_image(photos.target_bytes), options
+                )
             )
             diff = np.abs(served.astype(np.int16) - local.image.astype(np.int16))
             check = {
                 "max_abs_diff_http_vs_inprocess": int(diff.max()),
                 "mean_abs_diff": round(float(diff.mean()), 4),
+                **hop_bytes_on_a_frame(client, url, photos, args.assets),
             }
             log.info("served vs in-process result: %s", check)
+            hops: list[int] = []
             calls: dict[str, Call] = {
-                "inprocess": inprocess_call(pipeline, photos, options),
+                "inprocess": inprocess_call(orchestrator, photos, options),
                 "handle": handle_call(handle, photos, options),
-                "http": http_call(client, url, photos, options),
+                "http": http_call(client, url, photos, options, hops),
             }
             for concurrency, requests in zip(args.concurrency, args.requests, strict=True):
                 for mode in args.modes:
-                    results.append(run_level(mode, calls[mode], concurrency, requests))
+                    metered = hops if mode == "http" else None
+                    results.append(run_level(mode, calls[mode], concurrency, requests, hops=metered))
         stats = {
             "FaceSwapper": deployment_stats("FaceSwapper"),
             "FaceDetector": deployment_stats("FaceDetector"),

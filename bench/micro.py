@@ -11,7 +11,7 @@ detectors come from ``--assets`` (default ``../shared/assets``) when present. Ev
 pre- and post-processing included) or, for batched detector inputs the wrappers do not take, as a raw
 session (path ``session``):
 
-- ``inswapper``: :class:`InswapperSwapper` ``swap_crops`` on (N, 128, 128, 3) crops and N latents;
+- ``inswapper``: :class:`InswapperSwapper` ``swap_crops`` on (N, 128, 128, 3) crops and N source embeddings;
 - ``arcface``: :class:`ArcFaceEmbedder` ``embed_crops`` on (N, 112, 112, 3) crops;
 - ``gfpgan``: :class:`GfpganEnhancer` ``enhance_crops`` on (N, 512, 512, 3) crops;
 - ``yunet`` / ``scrfd``: ``detect`` on a real group photo (one image per call, batch 1 only), and
@@ -40,8 +40,9 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.common import environment, format_table, write_json
+from pipeline.canvas import make_canvas, pad_canvas
 from pipeline.errors import FaceSwapError
-from pipeline.models.detectors import ScrfdDetector, YunetDetector, letterbox
+from pipeline.models.detectors import ScrfdDetector, YunetDetector
 from pipeline.models.embedder import ArcFaceEmbedder
 from pipeline.models.enhancer import GfpganEnhancer
 from pipeline.models.swapper import InswapperSwapper, load_emap
@@ -172,8 +173,8 @@ def _embed_calls(embedder: ArcFaceEmbedder) -> Callable[[int], Call]:
 def _swap_calls(swapper: InswapperSwapper) -> Callable[[int], Call]:
     def make(batch: int) -> Call:
         crops = _crops(batch, swapper.crop_size, batch)
-        latents = swapper.latent(np.random.default_rng(batch).standard_normal((batch, 512), np.float32))
-        return lambda: swapper.swap_crops(crops, latents)
+        embeddings = np.random.default_rng(batch).standard_normal((batch, 512), np.float32)
+        return lambda: swapper.swap_crops(crops, embeddings)
 
     return make
 
@@ -202,20 +203,16 @@ def build_targets(
         targets.append(
             Target("arcface", arcface_path.name, "wrapper", provider, load_s, sizes, _embed_calls(embedder))
         )
-        if inswapper_path.is_file():
-            session, load_s, provider = _session(inswapper_path, config)
-            swapper = InswapperSwapper(session, load_emap(inswapper_path), embedder, name="bench_inswapper")
-            targets.append(
-                Target(
-                    "inswapper", inswapper_path.name, "wrapper", provider, load_s, sizes, _swap_calls(swapper)
-                )
-            )
-        else:
-            missing.append(f"{inswapper_path} missing")
     else:
-        missing.append(
-            f"{arcface_path} missing: no arcface, and no inswapper (its wrapper needs the embedder)"
+        missing.append(f"{arcface_path} missing")
+    if inswapper_path.is_file():
+        session, load_s, provider = _session(inswapper_path, config)
+        swapper = InswapperSwapper(session, load_emap(inswapper_path), name="bench_inswapper")
+        targets.append(
+            Target("inswapper", inswapper_path.name, "wrapper", provider, load_s, sizes, _swap_calls(swapper))
         )
+    else:
+        missing.append(f"{inswapper_path} missing")
     if gfpgan_path.is_file():
         session, load_s, provider = _session(gfpgan_path, config)
         enhancer = GfpganEnhancer(session, name="bench_gfpgan")
@@ -274,7 +271,7 @@ def _detector_targets(
                 note,
             )
         )
-        padded, _ = letterbox(image, (SCRFD_SIZE, SCRFD_SIZE))
+        padded = pad_canvas(make_canvas(image, scrfd.canvas)[0], SCRFD_SIZE, SCRFD_SIZE)
         blob = ((cv2.cvtColor(padded, cv2.COLOR_BGR2RGB).astype(np.float32) - 127.5) / 128.0).transpose(
             2, 0, 1
         )

@@ -83,6 +83,7 @@ def faces_to_image(faces: list[Face], scale: float) -> list[Face]:
             landmarks=(face.landmarks / scale).astype(np.float32),
             score=face.score,
             embedding=face.embedding,
+            mesh=None if face.mesh is None else (face.mesh / scale).astype(np.float32),
         )
         for face in faces
     ]

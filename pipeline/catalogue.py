@@ -1,4 +1,5 @@
-"""The model catalogue (configs/models.yaml) as validated, immutable data, and finding model files on disk.
+"""The model catalogue (pipeline/models.yaml, package data) as validated, immutable data, and finding model
+files on disk.
 
 Every entry becomes a :class:`ModelSpec`; a malformed entry raises :class:`CatalogueError` naming the entry
 and the field. An entry without a pinned ``sha256`` and ``size`` is *unverified*: it can be used when its
@@ -160,11 +161,11 @@ def _is_real(value: object) -> bool:
 
 
 def default_catalogue_path() -> Path:
-    """$FACESWAP_CATALOGUE, else ``configs/models.yaml`` in the repository this package lives in."""
+    """$FACESWAP_CATALOGUE, else the package's own ``models.yaml`` (installed with it as package data)."""
     env = os.environ.get(CATALOGUE_ENV)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[1] / "configs" / "models.yaml"
+    return Path(__file__).resolve().parent / "models.yaml"
 
 
 def default_models_dir() -> Path:

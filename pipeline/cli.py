@@ -71,7 +71,7 @@ def _help(fact: OptionFact) -> str:
         parts.append("comma-separated: " + ", ".join(fact.choices))
     if isinstance(fact.default, tuple):
         parts.append("default " + ",".join(str(v) for v in fact.default))
-    elif fact.default is not None:
+    elif fact.default is not None and fact.kind != "boolean":
         parts.append(f"default {fact.default}")
     return "; ".join(parts)
 
@@ -81,10 +81,13 @@ def add_swap_arguments(parser: argparse.ArgumentParser) -> None:
     ``faceswap swap`` and the batch job's command."""
     options = parser.add_argument_group("swap options (the same names as the HTTP API's fields)")
     for fact in option_facts():
+        if fact.kind == "boolean":
+            options.add_argument(
+                _flag(fact), dest=f"option_{fact.name}", action="store_const", const="true", help=_help(fact)
+            )
+            continue
         choices = fact.choices if fact.kind == "string" and fact.choices else None
-        options.add_argument(
-            _flag(fact), dest=f"option_{fact.name}", choices=choices, metavar=None, help=_help(fact)
-        )
+        options.add_argument(_flag(fact), dest=f"option_{fact.name}", choices=choices, help=_help(fact))
     options.add_argument("--enhance", action="store_true", help="add face_enhancer to the frame processors")
     options.add_argument(
         "--reference", help="image of the target person to swap (face-selector-mode reference)"
@@ -131,7 +134,7 @@ def _read(path: str, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise InvalidInputError(f"{what} {path}: {exc.strerror}") from None
+        raise InvalidInputError(f"cannot read the {what} image {path}: {exc.strerror}") from None
 
 
 def _cmd_swap(args: argparse.Namespace) -> int:

@@ -88,7 +88,7 @@ class DownloadError(FaceSwapError):
 
 
 class CatalogueError(FaceSwapError):
-    """configs/models.yaml is malformed."""
+    """The model catalogue (pipeline/models.yaml) is malformed."""
 
     status = 500
     code = "bad_catalogue"

@@ -85,7 +85,8 @@ def check_dimensions(width: int, height: int, *, field: str, max_pixels: int = D
 
 
 def decode_image(data: bytes, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageBGR:
-    """Decode JPEG/PNG/WebP bytes to ``(H, W, 3) uint8`` BGR (alpha dropped, grey expanded, 16-bit scaled).
+    """Decode JPEG/PNG/WebP bytes to ``(H, W, 3) uint8`` BGR, upright by its EXIF orientation (alpha dropped,
+    grey expanded, 16-bit scaled).
 
     Raises UnsupportedMediaError (415) for other types, PayloadTooLargeError (413) over ``max_pixels`` or
     :data:`MAX_SIDE` (checked on the header before decoding), InvalidInputError (400) for empty or corrupt
@@ -100,16 +101,14 @@ def decode_image(data: bytes, *, field: str = "image", max_pixels: int = DEFAULT
     if size is None:  # never decode an image whose size is unknown: it could be a decompression bomb
         raise InvalidInputError(f"{field}: corrupt or truncated {media_type} image (no size in its header)")
     check_dimensions(*size, field=field, max_pixels=max_pixels)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # IMREAD_COLOR applies the EXIF orientation (a phone photo stored sideways comes out upright), expands
+    # grey and drops alpha; IMREAD_ANYDEPTH keeps 16-bit samples, scaled to 8 bits below.
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if image is None or image.size == 0:
         raise InvalidInputError(f"{field}: corrupt or truncated {media_type} image")
     check_dimensions(image.shape[1], image.shape[0], field=field, max_pixels=max_pixels)
     if image.dtype == np.uint16:
         image = (image // 257).astype(np.uint8)
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise UnsupportedMediaError(f"{field}: unsupported pixel format {image.dtype} x {image.shape}")
     return np.ascontiguousarray(image)

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.models.base import Detector, Embedder, Enhancer, Swapper
+from pipeline.models.base import Detector, Embedder, Enhancer, Landmarker, Swapper
 from pipeline.ports import (
     CropSpec,
+    DenseLandmarks,
     DetectorInfo,
     EmbedderInfo,
     Embeddings,
     EnhancerInfo,
+    LandmarkerInfo,
     Ports,
     Swapped,
     SwapperInfo,
@@ -42,6 +44,15 @@ def swapper_info(model: Swapper) -> SwapperInfo:
 
 def enhancer_info(model: Enhancer) -> EnhancerInfo:
     return EnhancerInfo(model.name, CropSpec(model.template, model.crop_size))
+
+
+def landmarker_info(model: Landmarker) -> LandmarkerInfo:
+    return LandmarkerInfo(model.name, CropSpec(model.template, model.crop_size), model.points)
+
+
+def run_landmarker(model: Landmarker, crops: CropsBGR) -> DenseLandmarks:
+    """``model.landmarks`` as a :class:`~pipeline.ports.DenseLandmarks`."""
+    return DenseLandmarks(*model.landmarks(crops))
 
 
 def run_swapper(model: Swapper, crops: CropsBGR, identities: np.ndarray) -> Swapped:
@@ -86,6 +97,15 @@ class LocalEnhancer:
         return self.model.enhance_crops(crops)
 
 
+class LocalLandmarker:
+    def __init__(self, model: Landmarker) -> None:
+        self.model = model
+        self.info = landmarker_info(model)
+
+    async def landmarks(self, crops: CropsBGR) -> DenseLandmarks:
+        return run_landmarker(self.model, crops)
+
+
 @dataclass(frozen=True)
 class Models:
     """The model objects of one profile (``pipeline.profiles.build_models``)."""
@@ -94,6 +114,7 @@ class Models:
     swapper: Swapper
     embedder: Embedder | None = None
     enhancer: Enhancer | None = None
+    landmarker: Landmarker | None = None
     profile: str = "custom"
 
     def ports(self) -> Ports:
@@ -103,5 +124,6 @@ class Models:
             swapper=LocalSwapper(self.swapper),
             embedder=LocalEmbedder(self.embedder) if self.embedder is not None else None,
             enhancer=LocalEnhancer(self.enhancer) if self.enhancer is not None else None,
+            landmarker=LocalLandmarker(self.landmarker) if self.landmarker is not None else None,
             profile=self.profile,
         )

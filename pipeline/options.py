@@ -18,9 +18,11 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from pipeline.errors import InvalidOptionError
+from pipeline.mesh import REGIONS, FaceRegion
 
 SelectorMode = Literal["one", "many", "reference"]
 FrameProcessor = Literal["face_swapper", "face_enhancer"]
+MaskType = Literal["box", "region"]
 FRAME_PROCESSORS: tuple[str, ...] = get_args(FrameProcessor)
 SELECTOR_MODES: tuple[str, ...] = get_args(SelectorMode)
 
@@ -30,6 +32,8 @@ MIN_DETECTOR_SCORE = 0.1
 """Lowest accepted ``detector_score``: below it detectors return noise (thousands of "faces")."""
 _MAX_TEXT = 64
 """Longest string accepted for one numeric value."""
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 _INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 
@@ -74,11 +78,12 @@ def _text_list(raw: object) -> object:
         text = raw.strip()
         if text.startswith("["):
             try:
-                return json.loads(text)
+                raw = json.loads(text)
             except (ValueError, RecursionError):
                 raise ValueError("invalid JSON list") from None
-        return [part for part in text.replace(",", " ").split() if part]
-    return raw
+        else:
+            return tuple(part for part in text.replace(",", " ").split() if part)
+    return tuple(raw) if isinstance(raw, list) else raw
 
 
 def _padding(raw: object) -> object:
@@ -87,8 +92,22 @@ def _padding(raw: object) -> object:
     if isinstance(values, list | tuple):
         if len(values) not in (1, 4):
             raise ValueError("expected 1 or 4 values (top, right, bottom, left)")
-        values = [_integer(v) for v in values] * (4 // len(values))
+        values = tuple(_integer(v) for v in values) * (4 // len(values))
     return values
+
+
+def _boolean(raw: object) -> object:
+    """A JSON boolean, or one of true/false, yes/no, on/off, 1/0 (ASCII, any case)."""
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError("expected true or false")
+    if isinstance(raw, bool):
+        return raw
+    raise ValueError("expected true or false")
 
 
 def _stripped(raw: object) -> object:
@@ -101,16 +120,19 @@ def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
+def _choices(kind: Any) -> Any:
+    """A tuple of distinct choices of ``kind``, given as a JSON list or a comma/space separated string."""
+    return Annotated[
+        tuple[kind, ...], BeforeValidator(_text_list), AfterValidator(_unique), Field(min_length=1)
+    ]
+
+
+Boolean = Annotated[bool, BeforeValidator(_boolean)]
 Number = Annotated[float, BeforeValidator(_number)]
 Integer = Annotated[int, BeforeValidator(_integer)]
 Percent = Annotated[int, BeforeValidator(_integer), Field(ge=0, le=100)]
 FaceCount = Annotated[int, BeforeValidator(_integer), Field(ge=1, le=MAX_FACES_CAP)]
-Processors = Annotated[
-    tuple[FrameProcessor, ...],
-    BeforeValidator(_text_list),
-    AfterValidator(_unique),
-    Field(min_length=1, max_length=len(FRAME_PROCESSORS)),
-]
+Processors = _choices(FrameProcessor)
 
 
 class SwapOptions(BaseModel):
@@ -132,6 +154,18 @@ class SwapOptions(BaseModel):
             description="Face mask padding in percent: top, right, bottom, left (one value for all four).",
         )
     )
+    face_mask_types: _choices(MaskType) = Field(  # type: ignore[valid-type]
+        default=("box",),
+        description="Masks that shape the swapped face, combined by their minimum: box, region.",
+    )
+    face_mask_regions: _choices(FaceRegion) = Field(  # type: ignore[valid-type]
+        default=REGIONS,
+        description="Face regions the region mask keeps (from the dense face mesh).",
+    )
+    refine_landmarks: Boolean = Field(
+        default=False,
+        description="Align faces on 5 points taken from the dense face mesh instead of the detector's.",
+    )
     face_enhancer_blend: Integer = Field(
         default=80, ge=0, le=100, description="Weight of the enhanced face, in percent."
     )
@@ -152,6 +186,12 @@ class SwapOptions(BaseModel):
         default=None,
         description="Most faces processed per image (default: the service's setting).",
     )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise InvalidOptionError(describe_errors(exc)) from None
 
     @property
     def enhance(self) -> bool:
@@ -191,12 +231,27 @@ class SwapOptions(BaseModel):
 
 
 def describe_errors(exc: ValidationError) -> str:
-    """One readable line per problem, ``name: message``; input values are never echoed in full."""
+    """One readable line per problem, ``name: message``; input values are never echoed in full (numbers
+    out of range are shown cut to 24 characters)."""
     problems = []
-    for error in exc.errors(include_url=False, include_input=False):
+    for error in exc.errors(include_url=False):
         where = ".".join(str(p) for p in error["loc"] if not isinstance(p, int)) or "options"
-        problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        bound = _BOUNDS.get(error["type"])
+        if bound is not None:
+            limit = error.get("ctx", {}).get(bound[0])
+            message = f"{str(error.get('input'))[:24]} is out of range ({bound[1]} {limit})"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {message}")
     return "; ".join(dict.fromkeys(problems))
+
+
+_BOUNDS = {
+    "greater_than_equal": ("ge", "at least"),
+    "less_than_equal": ("le", "at most"),
+    "greater_than": ("gt", "above"),
+    "less_than": ("lt", "below"),
+}
 
 
 @dataclass(frozen=True)
@@ -204,7 +259,7 @@ class OptionFact:
     """One option as the CLI, the OpenAPI schema and the form present it (read off :class:`SwapOptions`)."""
 
     name: str
-    kind: Literal["number", "integer", "string", "list"]
+    kind: Literal["number", "integer", "string", "list", "boolean"]
     default: object
     description: str
     minimum: float | None = None
@@ -227,9 +282,11 @@ def option_facts() -> list[OptionFact]:
             choices = tuple(items["enum"])
         variants = prop.get("anyOf", [prop])
         types = {v.get("type") for v in variants} - {"null"}
-        kind: Literal["number", "integer", "string", "list"]
+        kind: Literal["number", "integer", "string", "list", "boolean"]
         if "array" in types:
             kind = "list"
+        elif "boolean" in types:
+            kind = "boolean"
         elif "integer" in types:
             kind = "integer"
         elif "number" in types:

@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
 from pipeline.canvas import faces_to_image, make_canvas
 from pipeline.errors import InvalidInputError, InvalidOptionError, NoFaceError, UnsupportedOptionError
-from pipeline.geometry import box_mask, paste_back, warp_face
+from pipeline.geometry import blend, box_mask, paste_back, warp_face
+from pipeline.identities import Identity, IdentityCache, source_key
 from pipeline.imageio import decode_image, encode_image
+from pipeline.mesh import five_point_from_mesh, region_mask
 from pipeline.options import MAX_FACES_CAP, SwapOptions
-from pipeline.ports import CropSpec, IdentityKind, Masks, Ports
+from pipeline.ports import CropSpec, Masks, Ports
 from pipeline.provenance import label_output
 from pipeline.selection import cosine_distance, largest_face, select_faces
 from pipeline.types import Affine, CropsBGR, Embedding, Face, ImageBGR
@@ -39,6 +42,11 @@ CpuRunner = Callable[..., Awaitable[Any]]
 """Runs a CPU-bound step: ``await cpu(function, *args)``. ``asyncio.to_thread`` in a server (the event
 loop keeps serving), :func:`run_inline` elsewhere."""
 
+LANDMARKER_SCORE = 0.5
+"""Dense landmarks of a face count only when the landmarker is this sure (FaceFusion's default
+``face_landmarker_score``); otherwise the detector's landmarks and the box mask alone are used."""
+REGION_FEATHER = 0.02
+"""Soft inner edge of a region mask, as a fraction of the crop side."""
 DEFAULT_MAX_FACES = 16
 """Faces processed per image when neither the request nor the service says otherwise."""
 CANDIDATES_PER_FACE = 4
@@ -50,16 +58,6 @@ async def run_inline(function: Callable[..., T], /, *args: object) -> T:
     return function(*args)
 
 
-@dataclass(frozen=True)
-class Identity:
-    """The source face as the swapper takes it: ``value`` is a (D,) float32 embedding or an (S, S, 3)
-    uint8 BGR aligned crop (``kind``), for the swapper named ``swapper``."""
-
-    kind: IdentityKind
-    value: npt.NDArray[Any]
-    swapper: str
-
-
 @dataclass
 class SwapResult:
     """A processed image and what produced it."""
@@ -69,6 +67,8 @@ class SwapResult:
     faces: list[Face]
     """The target faces processed, image pixels, in the order they were pasted."""
     components: dict[str, str | None] = field(default_factory=dict)
+    identity: Identity | None = None
+    """The source identity that was swapped in (None when nothing was swapped)."""
 
     @property
     def faces_swapped(self) -> int:
@@ -86,10 +86,11 @@ class EncodedSwap:
 
 def crops_for(
     image: ImageBGR, faces: Sequence[Face], crop: CropSpec
-) -> tuple[CropsBGR, npt.NDArray[np.float32]]:
-    """Aligned crops ``(N, S, S, 3)`` uint8 BGR of ``faces`` and their forward affines ``(N, 2, 3)``."""
+) -> tuple[CropsBGR, npt.NDArray[np.float64]]:
+    """Aligned crops ``(N, S, S, 3)`` uint8 BGR of ``faces`` and their forward affines ``(N, 2, 3)``
+    float64."""
     crops = np.empty((len(faces), crop.size, crop.size, 3), np.uint8)
-    affines = np.empty((len(faces), 2, 3), np.float32)
+    affines = np.empty((len(faces), 2, 3), np.float64)
     for i, face in enumerate(faces):
         crops[i], affines[i] = warp_face(image, face.landmarks, crop.template, crop.size)
     return crops, affines
@@ -97,7 +98,7 @@ def crops_for(
 
 def _crop_all(
     images: Sequence[ImageBGR], faces: Sequence[Sequence[Face]], crop: CropSpec
-) -> tuple[CropsBGR, list[npt.NDArray[np.float32]]]:
+) -> tuple[CropsBGR, list[npt.NDArray[np.float64]]]:
     """The crops of every face of every image, concatenated, and each image's affines."""
     parts = [crops_for(image, image_faces, crop) for image, image_faces in zip(images, faces, strict=True)]
     crops = (
@@ -109,7 +110,7 @@ def _crop_all(
 def paste_crops(
     image: ImageBGR,
     processed: CropsBGR,
-    affines: Sequence[Affine] | npt.NDArray[np.float32],
+    affines: Sequence[Affine] | npt.NDArray[np.float64],
     mask: npt.NDArray[np.float32],
     masks: Masks | None = None,
 ) -> ImageBGR:
@@ -118,14 +119,14 @@ def paste_crops(
     out = image
     for i, (crop, affine) in enumerate(zip(processed, affines, strict=True)):
         crop_mask = mask if masks is None else mask * masks[i]
-        out = paste_back(out, crop, np.asarray(affine, np.float32), crop_mask)
+        out = paste_back(out, crop, affine, crop_mask)
     return out
 
 
 def _paste_all(
     images: Sequence[ImageBGR],
     processed: CropsBGR,
-    affines: Sequence[npt.NDArray[np.float32]],
+    affines: Sequence[npt.NDArray[np.float64]],
     mask: npt.NDArray[np.float32],
     masks: Masks | None,
 ) -> list[ImageBGR]:
@@ -141,6 +142,33 @@ def _paste_all(
     return out
 
 
+def _to_image(points: npt.NDArray[np.float32], affine: Affine) -> npt.NDArray[np.float32]:
+    """(P, 2) crop pixels -> image pixels through the inverse of the forward ``affine``."""
+    inverse = cv2.invertAffineTransform(affine)
+    return (points @ inverse[:, :2].T + inverse[:, 2]).astype(np.float32)
+
+
+def _to_crop(points: npt.NDArray[np.float32], affine: Affine) -> npt.NDArray[np.float32]:
+    """(P, 2) image pixels -> crop pixels through the forward ``affine``."""
+    return (points @ affine[:, :2].T + affine[:, 2]).astype(np.float32)
+
+
+def _region_masks(
+    faces: Sequence[Face], affines: npt.NDArray[np.float64], size: int, regions: Sequence[str]
+) -> npt.NDArray[np.float32]:
+    """(N, S, S) float32: each face's region mask in its crop (all ones where the face has no mesh)."""
+    masks = np.ones((len(faces), size, size), np.float32)
+    for i, (face, affine) in enumerate(zip(faces, affines, strict=True)):
+        if face.mesh is not None:
+            masks[i] = region_mask(_to_crop(face.mesh, affine), (size, size), regions, REGION_FEATHER * size)
+    return masks
+
+
+def _blend_all(before: Sequence[ImageBGR], after: Sequence[ImageBGR], ratio: float) -> list[ImageBGR]:
+    """``ratio * after + (1 - ratio) * before`` per image (images that did not change stay as they are)."""
+    return [b if a is b else blend(b, a, ratio) for b, a in zip(before, after, strict=True)]
+
+
 def _canvases(images: Sequence[ImageBGR], spec: Any) -> list[tuple[ImageBGR, float]]:
     return [make_canvas(image, spec) for image in images]
 
@@ -148,16 +176,23 @@ def _canvases(images: Sequence[ImageBGR], spec: Any) -> list[tuple[ImageBGR, flo
 class SwapOrchestrator:
     """Runs swaps over ``ports``. ``max_faces``: the service's default number of faces processed per image
     (a request may ask for fewer or more, never above :data:`pipeline.options.MAX_FACES_CAP`); ``cpu``
-    runs the CPU-bound steps (canvases, crops, paste-back, decoding and encoding)."""
+    runs the CPU-bound steps (canvases, crops, paste-back, decoding and encoding); ``identities``: where
+    :meth:`swap_encoded` keeps the identities of recent source uploads (None: no reuse)."""
 
     def __init__(
-        self, ports: Ports, *, max_faces: int = DEFAULT_MAX_FACES, cpu: CpuRunner = run_inline
+        self,
+        ports: Ports,
+        *,
+        max_faces: int = DEFAULT_MAX_FACES,
+        cpu: CpuRunner = run_inline,
+        identities: IdentityCache | None = None,
     ) -> None:
         if not 1 <= max_faces <= MAX_FACES_CAP:
             raise InvalidOptionError(f"max_faces must be in [1, {MAX_FACES_CAP}], got {max_faces}")
         self.ports = ports
         self.max_faces = max_faces
         self._cpu = cpu
+        self._identities = identities
 
     @property
     def components(self) -> dict[str, str | None]:
@@ -227,6 +262,47 @@ class SwapOrchestrator:
         faces = (await self.detect([reference], options.detector_score))[0]
         return (await self._embed([(reference, _largest(faces, "reference"))]))[0]
 
+    async def with_meshes(self, images: Sequence[ImageBGR], faces: Sequence[list[Face]]) -> list[list[Face]]:
+        """The faces with their dense landmarks attached (image pixels): one landmarker call for every face
+        without them. A face the landmarker is unsure of (under :data:`LANDMARKER_SCORE`) gets none."""
+        landmarker = self.ports.landmarker
+        if landmarker is None:
+            raise UnsupportedOptionError(
+                "region masks and refined landmarks need the face mesh; none is loaded"
+            )
+        todo = [[f for f in image_faces if f.mesh is None] for image_faces in faces]
+        if not any(todo):
+            return [list(f) for f in faces]
+        crops, affines = await self._cpu(_crop_all, images, todo, landmarker.info.crop)
+        dense = await landmarker.landmarks(crops)
+        meshes = iter(zip(dense.points, dense.scores, np.concatenate(affines), strict=True))
+        out = []
+        for image_faces in faces:
+            done = []
+            for face in image_faces:
+                if face.mesh is None:
+                    points, score, affine = next(meshes)
+                    if score >= LANDMARKER_SCORE:
+                        face = replace(face, mesh=_to_image(points, affine))
+                done.append(face)
+            out.append(done)
+        return out
+
+    async def refined(
+        self, images: Sequence[ImageBGR], faces: Sequence[list[Face]], options: SwapOptions
+    ) -> list[list[Face]]:
+        """The faces aligned on 5 points from their dense landmarks when ``options.refine_landmarks`` (as
+        FaceFusion's 5/68 landmarks), and with their meshes when region masks will need them."""
+        if not (options.refine_landmarks or "region" in options.face_mask_types):
+            return [list(f) for f in faces]
+        meshed = await self.with_meshes(images, faces)
+        if not options.refine_landmarks:
+            return meshed
+        return [
+            [f if f.mesh is None else replace(f, landmarks=five_point_from_mesh(f.mesh)) for f in image_faces]
+            for image_faces in meshed
+        ]
+
     async def select(
         self,
         images: Sequence[ImageBGR],
@@ -238,10 +314,11 @@ class SwapOrchestrator:
         get none). In reference mode the candidates of every image are embedded in one call."""
         limit = self.face_limit(options)
         if options.face_selector_mode != "reference":
-            return [select_faces(f, options.face_selector_mode)[:limit] for f in faces]
+            chosen = [select_faces(f, options.face_selector_mode)[:limit] for f in faces]
+            return await self.refined(images, chosen, options)
         if reference is None:
             raise InvalidOptionError("face_selector_mode 'reference' needs a reference face")
-        candidates = [_candidates(f, limit) for f in faces]
+        candidates = await self.refined(images, [_candidates(f, limit) for f in faces], options)
         pairs = [(image, face) for image, found in zip(images, candidates, strict=True) for face in found]
         vectors = await self._embed(pairs)
         selected, at = [], 0
@@ -262,18 +339,32 @@ class SwapOrchestrator:
         out = list(images)
         if not any(faces):
             return out
+        if "region" in options.face_mask_types:
+            faces = await self.with_meshes(out, faces)
         if options.swap:
             swapper = self.ports.swapper
-            if identity is None or identity.swapper != swapper.info.name:
+            if identity is None or (identity.kind, identity.swapper) != (
+                swapper.info.identity,
+                swapper.info.name,
+            ):
                 raise UnsupportedOptionError(f"face_swapper needs a source identity for {swapper.info.name}")
             spec = swapper.info.crop
             crops, affines = await self._cpu(_crop_all, out, faces, spec)
             identities = np.repeat(identity.value[None], len(crops), axis=0)
             swapped = await swapper.swap(crops, identities)
-            mask = box_mask(spec.size, options.face_mask_blur, options.face_mask_padding) * np.float32(
-                options.blend_ratio
-            )
-            out = await self._cpu(_paste_all, out, swapped.crops, affines, mask, swapped.masks)
+            mask = box_mask(spec.size, options.face_mask_blur, options.face_mask_padding)
+            masks = swapped.masks
+            if "region" in options.face_mask_types:
+                # FaceFusion combines its masks by their minimum; the swapper's own mask multiplies in
+                meshed = [f for image_faces in faces for f in image_faces]
+                regions = await self._cpu(
+                    _region_masks, meshed, np.concatenate(affines), spec.size, options.face_mask_regions
+                )
+                mask_each = np.minimum(mask, regions)
+                masks = mask_each if masks is None else mask_each * masks
+                mask = np.ones_like(mask)
+            ratio = np.float32(options.blend_ratio)
+            out = await self._cpu(_paste_all, out, swapped.crops, affines, mask * ratio, masks)
         if options.enhance:
             enhancer = self.ports.enhancer
             if enhancer is None:
@@ -281,11 +372,11 @@ class SwapOrchestrator:
             spec = enhancer.info.crop
             crops, affines = await self._cpu(_crop_all, out, faces, spec)
             enhanced = await enhancer.enhance(crops)
-            # FaceFusion's enhancer mask ignores face_mask_padding.
-            mask = box_mask(spec.size, options.face_mask_blur) * np.float32(
-                options.face_enhancer_blend / 100.0
-            )
-            out = await self._cpu(_paste_all, out, enhanced, affines, mask, None)
+            # FaceFusion: the enhancer's box mask ignores face_mask_padding, and face_enhancer_blend mixes
+            # each frame before and after the paste (a rounded addWeighted of the whole frame).
+            mask = box_mask(spec.size, options.face_mask_blur)
+            pasted = await self._cpu(_paste_all, out, enhanced, affines, mask, None)
+            out = await self._cpu(_blend_all, out, pasted, options.face_enhancer_blend / 100.0)
         return out
 
     # -- whole swaps ----------------------------------------------------------------------------------------
@@ -295,39 +386,53 @@ class SwapOrchestrator:
         target: ImageBGR,
         options: SwapOptions | None = None,
         reference: ImageBGR | None = None,
+        identity: Identity | None = None,
     ) -> SwapResult:
-        """Swap the largest face of ``source`` onto the selected faces of ``target`` (then enhance, as
-        ``options`` ask). NoFaceError (422) when the source, the reference or the target has no usable
-        face."""
+        """Swap the largest face of ``source`` (or the given source ``identity``) onto the selected faces
+        of ``target``, then enhance, as ``options`` ask. NoFaceError (422) when the source, the reference
+        or the target has no usable face."""
         options = options or SwapOptions()
-        self.check(options, has_source=source is not None, has_reference=reference is not None)
+        has_source = source is not None or identity is not None
+        self.check(options, has_source=has_source, has_reference=reference is not None)
         by_reference = options.face_selector_mode == "reference"
+        need_source = options.swap and identity is None
         images = [target]
-        if options.swap:
+        if need_source:
             assert source is not None  # check() guarantees it
             images.append(source)
         if by_reference:
             assert reference is not None
             images.append(reference)
         detected = await self.detect(images, options.detector_score)
-        target_faces = detected[0]
-        if not target_faces:
+        if not detected[0]:
             raise NoFaceError("no face found in the target image")
+        limit = self.face_limit(options)
+        # the target faces to process (reference mode: the candidates), then the source and reference faces
+        groups = [
+            _candidates(detected[0], limit)
+            if by_reference
+            else select_faces(detected[0], options.face_selector_mode)[:limit]
+        ]
+        if need_source:
+            groups.append([_largest(detected[1], "source")])
+        if by_reference:
+            groups.append([_largest(detected[-1], "reference")])
+        if not options.refine_landmarks:  # region masks only need the target faces' meshes
+            groups = (await self.refined([target], groups[:1], options)) + groups[1:]
+        else:
+            groups = await self.refined(images, groups, options)
+        targets = groups[0]
+        source_face = groups[1][0] if need_source else None
         pairs: list[tuple[ImageBGR, Face]] = []
-        source_face = _largest(detected[1], "source") if options.swap else None
         embed_source = source_face is not None and self.ports.swapper.info.identity == "embedding"
         if embed_source:
             assert source is not None and source_face is not None
             pairs.append((source, source_face))
-        limit = self.face_limit(options)
-        candidates: list[Face] = []
         if by_reference:
             assert reference is not None
-            pairs.append((reference, _largest(detected[-1], "reference")))
-            candidates = _candidates(target_faces, limit)
-            pairs += [(target, face) for face in candidates]
+            pairs.append((reference, groups[-1][0]))
+            pairs += [(target, face) for face in targets]
         vectors = await self._embed(pairs) if pairs else None
-        identity = None
         if source_face is not None:
             assert source is not None
             if embed_source:
@@ -335,22 +440,21 @@ class SwapOrchestrator:
                 identity = Identity("embedding", vectors[0], self.ports.swapper.info.name)
             else:
                 identity = await self._crop_identity(source, source_face)
+        selected = targets
         if by_reference:
             assert vectors is not None
             at = 1 if embed_source else 0
             reference_vector = vectors[at]
-            selected = _by_reference(candidates, vectors[at + 1 :], reference_vector, options, limit)
+            selected = _by_reference(targets, vectors[at + 1 :], reference_vector, options, limit)
             if not selected:
                 closest = min(cosine_distance(v, reference_vector) for v in vectors[at + 1 :])
                 raise NoFaceError(
                     f"no target face within distance {options.reference_face_distance} of the reference face "
                     f"(closest: {closest:.2f})"
                 )
-        else:
-            selected = select_faces(target_faces, options.face_selector_mode)[:limit]
         image = (await self.process([target], [selected], identity, options))[0]
         log.info("processed %d face(s) with %s", len(selected), self.components)
-        return SwapResult(image=image, faces=selected, components=self.components)
+        return SwapResult(image, selected, self.components, identity if options.swap else None)
 
     async def swap_encoded(
         self,
@@ -365,14 +469,31 @@ class SwapOrchestrator:
         """Decode ``uploads`` (``source_image``, ``target_image``, ``reference_image``: JPEG, PNG or WebP
         bytes), swap, and encode the result as ``media_type`` (``image/jpeg`` or ``image/png``), labelled as
         synthetic with ``label`` (``request_id`` and other fields of the provenance label) unless it is
-        None."""
+        None. A source seen recently (see ``identities``) is neither decoded nor detected again."""
         if "target_image" not in uploads:
             raise InvalidInputError("target_image: required")
         self.check(options, has_source="source_image" in uploads, has_reference="reference_image" in uploads)
-        images = await self._cpu(_decode_all, uploads, max_pixels)
+        key, identity = None, None
+        source = uploads.get("source_image")
+        if options.swap and source is not None and self._identities is not None:
+            key = source_key(source, options.detector_score, self.ports.swapper.info.name)
+            identity = self._identities.get(key)
+        to_decode = {k: v for k, v in uploads.items() if not (k == "source_image" and identity is not None)}
+        images = await self._cpu(_decode_all, to_decode, max_pixels)
         result = await self.swap(
-            images.get("source_image"), images["target_image"], options, images.get("reference_image")
+            images.get("source_image"),
+            images["target_image"],
+            options,
+            images.get("reference_image"),
+            identity=identity,
         )
+        if (
+            key is not None
+            and identity is None
+            and result.identity is not None
+            and self._identities is not None
+        ):
+            self._identities.put(key, result.identity)
         data = await self._cpu(encode_image, result.image, media_type, quality)
         if label is not None:
             data = label_output(data, media_type, result.components, **label)

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from pipeline.canvas import CanvasSpec
 from pipeline.errors import ModelNotFoundError
+from pipeline.identities import IdentityKind
 from pipeline.types import CropsBGR, Face, ImageBGR
-
-IdentityKind = Literal["embedding", "crop"]
-"""What a swapper takes as the identity of the source face: the embedder's L2-normalised embedding
-(``(D,)`` float32), or the source face itself aligned like the target crops (``(S, S, 3)`` uint8 BGR)."""
 
 Embeddings = npt.NDArray[np.float32]
 """(N, D) float32, L2-normalised rows."""
@@ -70,6 +67,23 @@ class EnhancerInfo:
 
 
 @dataclass(frozen=True)
+class LandmarkerInfo:
+    name: str
+    crop: CropSpec
+    points: int
+    """Landmarks per face."""
+
+
+@dataclass(frozen=True)
+class DenseLandmarks:
+    """A landmarker's output: ``points`` (N, P, 2) float32 (x, y) in crop pixels and ``scores`` (N,)
+    float32 in [0, 1], how sure it is that each crop holds a face."""
+
+    points: npt.NDArray[np.float32]
+    scores: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
 class Swapped:
     """A swapper's output: ``crops`` (N, S, S, 3) uint8 BGR and optionally ``masks`` (N, S, S) float32 where
     the swap applies (None: the whole crop, shaped by the box mask alone)."""
@@ -111,6 +125,14 @@ class EnhancerPort(Protocol):
         ...
 
 
+class LandmarkerPort(Protocol):
+    info: LandmarkerInfo
+
+    async def landmarks(self, crops: CropsBGR) -> DenseLandmarks:
+        """(N, S, S, 3) uint8 BGR crops aligned to ``info.crop`` -> their dense landmarks."""
+        ...
+
+
 @dataclass(frozen=True)
 class Ports:
     """The models one orchestration runs on, and the profile they came from."""
@@ -119,6 +141,7 @@ class Ports:
     swapper: SwapperPort
     embedder: EmbedderPort | None = None
     enhancer: EnhancerPort | None = None
+    landmarker: LandmarkerPort | None = None
     profile: str = "custom"
 
     def __post_init__(self) -> None:
@@ -141,4 +164,5 @@ class Ports:
             "embedder": self.embedder.info.name if self.embedder is not None else None,
             "swapper": self.swapper.info.name,
             "enhancer": self.enhancer.info.name if self.enhancer is not None else None,
+            "landmarker": self.landmarker.info.name if self.landmarker is not None else None,
         }

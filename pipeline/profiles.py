@@ -1,12 +1,13 @@
 """Build pipelines from a profile: which model runs for each stage, found on disk or embedded.
 
 Profiles:
-- ``lite``: needs no download: OpenCV Haar detector with eye-derived landmarks, classical swapper
-  (alignment, colour transfer, blending) and classical enhancer. No embedder.
+- ``lite``: needs no download: the bundled YuNet 2026may detector, the classical mesh swapper (MediaPipe's
+  bundled 468-point face mesh, piecewise-affine warp, skin-tone match, Poisson blend) and the classical
+  enhancer. No embedder.
 - ``full``: FaceFusion's models (scrfd_2.5g, arcface_w600k_r50, inswapper_128, gfpgan_1.4); each file
   must be in the models directory (or be downloaded with ``download=True``).
-- ``auto`` (default): for each stage, the best model whose file is present (models dir, then the
-  shared assets), else the ``lite`` component.
+- ``auto`` (default): for each stage, the best model whose file is present (models dir, extra dirs, the
+  bundled models, then the shared assets when enabled), else the ``lite`` component.
 ``overrides`` pin a stage to a catalogue name or to an ONNX file path (e.g. the project's test models).
 """
 
@@ -19,21 +20,26 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
+from pipeline.bundled import bundled_models_dir
 from pipeline.catalogue import Catalogue, ModelSpec, default_models_dir, resolve_model_file
 from pipeline.download import ensure_models
 from pipeline.errors import InvalidOptionError, ModelNotFoundError
 from pipeline.inprocess import Models
 from pipeline.models.base import Detector, Embedder, Enhancer, Swapper
-from pipeline.models.classical import ClassicalEnhancer, ClassicalSwapper
-from pipeline.models.detectors import HaarDetector, ScrfdDetector, YunetDetector
+from pipeline.models.classical import ClassicalEnhancer
+from pipeline.models.detectors import ScrfdDetector, YunetDetector
 from pipeline.models.embedder import ArcFaceEmbedder
 from pipeline.models.enhancer import GfpganEnhancer
+from pipeline.models.landmarker import FaceMeshLandmarker, packaged_model_path
+from pipeline.models.mesh_swapper import MeshSwapper
 from pipeline.models.swapper import InswapperSwapper, load_emap
 from pipeline.sessions import SessionConfig, create_session
 
 log = logging.getLogger(__name__)
 
 PROFILES = ("auto", "lite", "full")
+LITE_DETECTOR = "yunet_2026may"
+"""The detector the package ships (pipeline/assets/models): the ``lite`` profile's, ``auto``'s fallback."""
 STAGES = ("detector", "embedder", "swapper", "enhancer")
 
 FULL_MODELS = MappingProxyType(
@@ -90,7 +96,7 @@ class PipelineConfig:
 
     @property
     def search_dirs(self) -> list[Path]:
-        dirs = [self.models_dir or default_models_dir(), *self.extra_search_dirs]
+        dirs = [self.models_dir or default_models_dir(), *self.extra_search_dirs, bundled_models_dir()]
         if self.use_shared_assets:
             dirs.append(shared_assets_models_dir())
         return dirs
@@ -149,14 +155,20 @@ class ModelFactory:
             search_dirs=self.config.search_dirs,
         )[spec.name]
 
+    def _bundled(self, name: str) -> tuple[ModelSpec, Path]:
+        """A catalogue model shipped in the package (the ``lite`` profile's detector)."""
+        spec = self.catalogue.get(name)
+        found = resolve_model_file(spec, [bundled_models_dir()])
+        if found is None:
+            raise ModelNotFoundError(f"the bundled {spec.file} is missing from {bundled_models_dir()}")
+        return spec, found
+
     def _session(self, path: Path):  # noqa: ANN202 - ort.InferenceSession
         return create_session(path, self.config.session)
 
     # -- stages ----------------------------------------------------------------------------------
     def detector(self) -> Detector:
-        chosen = self._choose("detector")
-        if chosen is None:
-            return HaarDetector()
+        chosen = self._choose("detector") or self._bundled(LITE_DETECTOR)
         spec, path = chosen
         session = self._session(path)
         if spec.family == "yunet" or any(o.name == "cls_8" for o in session.get_outputs()):
@@ -179,10 +191,14 @@ class ModelFactory:
             std=spec.std,
         )
 
+    def landmarker(self) -> FaceMeshLandmarker:
+        """The dense face mesh shipped with the package (region masks, refined alignment, mesh swapper)."""
+        return FaceMeshLandmarker(self._session(packaged_model_path()))
+
     def swapper(self) -> Swapper:
         chosen = self._choose("swapper")
         if chosen is None:
-            return ClassicalSwapper()
+            return MeshSwapper(self.landmarker())
         spec, path = chosen
         return InswapperSwapper(self._session(path), load_emap(path), name=spec.name)
 
@@ -205,5 +221,6 @@ def build_models(config: PipelineConfig | None = None, catalogue: Catalogue | No
         swapper=factory.swapper(),
         embedder=factory.embedder(),
         enhancer=factory.enhancer(),
+        landmarker=factory.landmarker(),
         profile=config.profile_label,
     )

@@ -6,7 +6,7 @@ OpenCV decodes it. Models that want RGB or floats convert inside their own wrapp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeAlias
 
 import numpy as np
@@ -22,8 +22,8 @@ Landmarks5: TypeAlias = npt.NDArray[np.float32]
 """(5, 2) float32 (x, y) in image pixels: image-left eye, image-right eye, nose tip,
 image-left mouth corner, image-right mouth corner."""
 
-Affine: TypeAlias = npt.NDArray[np.float32]
-"""(2, 3) float32 forward affine, image pixels -> crop pixels."""
+Affine: TypeAlias = npt.NDArray[np.float64]
+"""(2, 3) float64 forward affine, image pixels -> crop pixels."""
 
 Mask: TypeAlias = npt.NDArray[np.float32]
 """(H, W) float32 in [0, 1]."""
@@ -41,10 +41,12 @@ class Face:
     landmarks: Landmarks5
     score: float
     embedding: Embedding | None = None
+    mesh: npt.NDArray[np.float32] | None = None
+    """(P, 2) float32 dense landmarks (the face mesh) in image pixels, when a landmarker ran."""
 
     @property
     def area(self) -> float:
         return float(max(0.0, self.bbox[2] - self.bbox[0]) * max(0.0, self.bbox[3] - self.bbox[1]))
 
     def with_embedding(self, embedding: Embedding) -> Face:
-        return Face(self.bbox, self.landmarks, self.score, embedding)
+        return replace(self, embedding=embedding)

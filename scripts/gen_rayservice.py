@@ -100,8 +100,7 @@ def _demands(apps: Sequence[AppArgs], gpu: bool, at_max: bool) -> list[tuple[Fra
     """One ``(gpus, cpus)`` per replica of every deployment that asks for GPUs (``gpu``) or only CPUs."""
     demands: list[tuple[Fraction, Fraction]] = []
     for app in apps:
-        deployments = [app.ingress, app.detector, app.swapper] + ([app.enhancer] if app.enhance else [])
-        for scaling in deployments:
+        for scaling in app.deployed().values():
             if (scaling.num_gpus > 0) != gpu:
                 continue
             count = _replica_range(scaling)[1 if at_max else 0]
@@ -305,10 +304,9 @@ the pods. They run cluster.yaml's stock images ({image} and its -cpu twin,
 Ray {ray} as pinned in pyproject.toml). Ray fetches the app from working_dir, a zip archive of this
 repository, and pip-installs pyproject's dependencies (without ray, which the image has; with the gpu
 extra's onnxruntime-gpu) once per node. Chosen over a custom image so that deploying needs no image
-build or registry, and because working_dir keeps configs/models.yaml next to the packages, where the
-catalogue reads it. Point working_dir at your fork or a commit archive with --working-dir-url. For
-faster cold starts, build an image FROM the worker image with `pip install ".[gpu]"` and drop
-runtime_env.
+build or registry (the model catalogue travels inside the pipeline package). Point working_dir at
+your fork or a commit archive with --working-dir-url. For faster cold starts, build an image FROM the
+worker image with `pip install ".[gpu]"` and drop runtime_env.
 
 Layout (sizes computed from the args by scripts/gen_rayservice.py):
 - head: GCS, dashboard, Serve controller and an HTTP proxy. num-cpus "0": no replica lands on it, so a

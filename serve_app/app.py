@@ -1,10 +1,9 @@
 """The application builder: ``serve run serve_app.app:build_app`` or ``import_path`` in a Serve config.
 
 ``build_app(args)`` validates ``args`` strictly (see :class:`serve_app.config.AppArgs`; an unknown key
-is an error) and binds the graph ``SwapIngress(FaceDetector, FaceSwapper, FaceEmbedder?, FaceEnhancer?)``,
-each
-deployment with its own replicas or autoscaling range, CPUs, fractional GPUs, admission limits and
-batch knobs (``user_config``). The enhancer is only deployed when ``enhance`` is true.
+is an error) and binds the graph ``SwapIngress(FaceDetector, FaceSwapper, FaceEmbedder?, FaceEnhancer?,
+FaceLandmarker)``, each deployment with its own replicas or autoscaling range, CPUs, fractional GPUs,
+admission limits and batch knobs (``user_config``). The enhancer is only deployed when ``enhance`` is true.
 """
 
 from __future__ import annotations
@@ -30,13 +29,24 @@ def _deployment(decorated: object) -> Deployment:
 def build_app(args: dict[str, Any]) -> Application:
     """The swap graph for ``args`` (a dict as in ``configs/serve.yaml``, or an AppArgs)."""
     parsed = AppArgs.parse(args)
-    detector = _deployment(FaceDetector).options(**parsed.detector.deployment_options()).bind(parsed)
-    swapper = _deployment(FaceSwapper).options(**parsed.swapper.deployment_options()).bind(parsed)
-    embedder = None
-    if parsed.has_embedder:
-        embedder = _deployment(FaceEmbedder).options(**parsed.embedder.deployment_options()).bind(parsed)
-    enhancer = None
-    if parsed.enhance:
-        enhancer = _deployment(FaceEnhancer).options(**parsed.enhancer.deployment_options()).bind(parsed)
+    deployed = parsed.deployed()
+    classes = {
+        "detector": FaceDetector,
+        "swapper": FaceSwapper,
+        "embedder": FaceEmbedder,
+        "enhancer": FaceEnhancer,
+    }
+    bound = {
+        stage: _deployment(cls).options(**deployed[stage].deployment_options()).bind(parsed)
+        for stage, cls in classes.items()
+        if stage in deployed
+    }
     ingress = _deployment(SwapIngress).options(**parsed.ingress.deployment_options())
-    return ingress.bind(detector, swapper, embedder, enhancer, parsed)
+    return ingress.bind(
+        detector=bound["detector"],
+        swapper=bound["swapper"],
+        embedder=bound.get("embedder"),
+        enhancer=bound.get("enhancer"),
+        landmarker=bound.get("landmarker"),
+        args=parsed,
+    )

@@ -62,9 +62,10 @@ from pipeline.errors import (
     InvalidInputError,
     InvalidOptionError,
 )
+from pipeline.identities import Identity
 from pipeline.imageio import decode_image, encode_image, read_image_file
 from pipeline.options import SwapOptions
-from pipeline.orchestration import Identity, SwapOrchestrator
+from pipeline.orchestration import SwapOrchestrator
 from pipeline.profiles import PipelineConfig, build_models
 from pipeline.provenance import ProvenanceLabel, video_metadata
 from pipeline.sessions import SessionConfig

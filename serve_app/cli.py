@@ -1,8 +1,10 @@
 """``faceswap-serve``: the service's own commands.
 
-- ``demo``: the main job on the embedded default: starts a local Ray (CPU, one logical GPU), deploys
-  the swap graph, swaps a face through the real HTTP API and writes the result.
+- ``demo``: the main job on the embedded default: starts a local Ray (CPU), deploys the swap graph,
+  swaps the bundled sample photos (or yours) through the real HTTP API and writes the result.
 - ``batch``: the Ray Data offline video job (see ``serve_app.batch``).
+
+Exit codes: 0 ok, 2 bad input or options, 3 no face found, 4 model missing, 1 anything else.
 """
 
 from __future__ import annotations
@@ -11,52 +13,39 @@ import argparse
 import base64
 import json
 import logging
-import os
 import sys
-import urllib.error
-import urllib.request
-import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
+
+from pipeline.bundled import bundled_image
+from pipeline.cli import EXIT_CODES, configure_logging, exit_code, verbosity_parser
 from pipeline.errors import FaceSwapError, InvalidInputError
-from pipeline.profiles import PROFILES, shared_assets_models_dir
+from pipeline.profiles import PROFILES
+from pipeline.provenance import package_version
+from serve_app.batch.cli import add_batch_arguments, run_batch
 from serve_app.local import local_serve
+from serve_app.routes import SWAP_PATH
 
 log = logging.getLogger("faceswap-serve")
 
 DEMO_SOURCE = "astronaut_eileen_collins_nasa.png"
-DEMO_TARGET = "pexels_group_meeting_1080865.jpeg"
-
-
-def _multipart(fields: dict[str, str], files: dict[str, Path]) -> tuple[bytes, str]:
-    """A multipart/form-data body and its content type."""
-    boundary = uuid.uuid4().hex
-    parts: list[bytes] = []
-    for name, value in fields.items():
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-        )
-    for name, path in files.items():
-        head = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{path.name}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        )
-        parts.append(head.encode() + path.read_bytes() + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+DEMO_TARGET = "codait_luciano_cc0.png"
+DEMO_TIMEOUT_S = 300.0
 
 
 def _demo_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
-    images = shared_assets_models_dir().parent / "images"
-    source = Path(args.source) if args.source else images / DEMO_SOURCE
-    target = Path(args.target) if args.target else images / DEMO_TARGET
+    source = Path(args.source) if args.source else bundled_image(DEMO_SOURCE)
+    target = Path(args.target) if args.target else bundled_image(DEMO_TARGET)
     for path in (source, target):
         if not path.is_file():
-            raise InvalidInputError(
-                f"{path} not found: pass --source and --target images, or set FACESWAP_SHARED_ASSETS "
-                "to the folder holding the test photos"
-            )
+            raise InvalidInputError(f"{path} not found")
     return source, target
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(f"faceswap-serve: {text}\n")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -67,78 +56,99 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     source, target = _demo_inputs(args)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with local_serve(num_cpus=max(4, os.cpu_count() or 1)) as url:
-        app_args = {"profile": args.profile, "providers": ["cpu"], "enhance": args.enhance}
+    _say("starting a local Ray and deploying the swap graph (about half a minute on 2 cores) ...")
+    with local_serve(num_cpus=None, num_gpus=0, port=args.port) as url:
+        app_args = {
+            "profile": args.profile,
+            "providers": ["cpu"],
+            "enhance": args.enhance,
+            "use_shared_assets": args.shared_assets,
+            "spin": False,
+        }
+        app_args.update({stage: {"num_cpus": 0} for stage in ("ingress", "detector", "embedder", "swapper")})
+        if args.enhance:
+            app_args["enhancer"] = {"num_cpus": 0}
         serve.run(build_app(app_args), name="faceswap", route_prefix="/")
-        body, content_type = _multipart(
-            {"enhance_output": "true" if args.enhance else "false", "face_selector_mode": "many"},
-            {"source_image": source, "target_image": target},
-        )
-        request = urllib.request.Request(
-            f"{url}/api/v1/swap",
-            data=body,
-            headers={"Content-Type": content_type, "Accept": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=300) as response:
-                payload = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            sys.stderr.write(
-                f"faceswap-serve: swap failed: HTTP {exc.code} {exc.read().decode(errors='replace')}\n"
-            )
+        _say(f"swapping {source.name} onto {target.name} through {url}{SWAP_PATH} ...")
+        files = {
+            name: (path.name, path.read_bytes())
+            for name, path in (("source_image", source), ("target_image", target))
+        }
+        fields = {"enhance_output": "true" if args.enhance else "false", "face_selector_mode": "many"}
+        response = httpx.post(f"{url}{SWAP_PATH}", files=files, data=fields, timeout=DEMO_TIMEOUT_S)
+        body = response.json()
+        if response.status_code != 200:
+            _say(f"swap failed: HTTP {response.status_code} {body.get('code')}: {body.get('error')}")
             return 1
-        image = base64.b64decode(payload["result_image"].split(",", 1)[1])
         result = out_dir / "demo_swapped.jpg"
-        result.write_bytes(image)
+        result.write_bytes(base64.b64decode(body["result_image"].split(",", 1)[1]))
         summary = {
             "output": str(result),
             "source": str(source),
             "target": str(target),
-            "faces_swapped": payload.get("faces_swapped"),
-            "components": payload.get("components"),
-            "request_id": payload.get("request_id"),
-            "served_at": f"{url}/api/v1/swap",
+            "message": body["message"],
+            "faces_swapped": body["faces_swapped"],
+            "components": body["components"],
+            "request_id": body["request_id"],
+            "served_at": f"{url}{SWAP_PATH}",
         }
         (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         sys.stdout.write(json.dumps(summary) + "\n")
         return 0
 
 
-def _cmd_batch(args: argparse.Namespace) -> int:
-    from serve_app.batch import main as batch_main
-
-    return int(batch_main(args.batch_args))
-
-
 def build_parser() -> argparse.ArgumentParser:
+    verbose = verbosity_parser()
     parser = argparse.ArgumentParser(
-        prog="faceswap-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="faceswap-serve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[verbose],
     )
+    parser.add_argument("--version", action="version", version=f"faceswap-serve {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="local Ray + Serve: swap two photos through the HTTP API")
+    demo = sub.add_parser(
+        "demo",
+        parents=[verbose],
+        help="local Ray + Serve: swap two photos through the HTTP API",
+        description="Start a local Ray (CPU), deploy the swap graph, swap SOURCE's face onto every face of "
+        "TARGET through POST /api/v1/swap and write OUTPUT/demo_swapped.jpg and demo_summary.json. Without "
+        "--source/--target it uses the two sample photos shipped with the package.",
+        epilog=EXIT_CODES,
+    )
     demo.add_argument("-o", "--output", default="out", help="folder for the result (default out/)")
-    demo.add_argument("--source", help=f"source face image (default: shared assets {DEMO_SOURCE})")
-    demo.add_argument("--target", help=f"target image (default: shared assets {DEMO_TARGET})")
-    demo.add_argument("--profile", default="auto", choices=PROFILES)
+    demo.add_argument("--source", help=f"source face image (default: the bundled {DEMO_SOURCE})")
+    demo.add_argument("--target", help=f"target image (default: the bundled {DEMO_TARGET})")
+    demo.add_argument("--profile", default="auto", choices=PROFILES, help="model profile (default auto)")
     demo.add_argument("--enhance", action="store_true", help="also run the face enhancer")
-    demo.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
+    demo.add_argument(
+        "--port", type=int, default=0, help="HTTP port of the local service (default: a free one)"
+    )
+    demo.add_argument(
+        "--shared-assets", action="store_true", help="also use the models of the project's shared test assets"
+    )
     demo.set_defaults(func=_cmd_demo)
     batch = sub.add_parser(
-        "batch", help="Ray Data video job (arguments as python -m serve_app.batch)", add_help=False
+        "batch",
+        parents=[verbose],
+        help="Ray Data video job: swap a face into every frame of videos",
+        description="Swap the face of SOURCE into every frame of each TARGET video (or folder of frames) "
+        "with Ray Data; the same as `python -m serve_app.batch`.",
+        epilog=EXIT_CODES,
     )
-    batch.add_argument("batch_args", nargs=argparse.REMAINDER)
-    batch.set_defaults(func=_cmd_batch)
+    add_batch_arguments(batch)
+    batch.set_defaults(func=run_batch)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args)
     try:
         return int(args.func(args))
     except FaceSwapError as error:
         sys.stderr.write(f"faceswap-serve: error: {error.message}\n")
-        return 2 if 400 <= error.status < 500 else 1
+        return exit_code(error)
 
 
 if __name__ == "__main__":

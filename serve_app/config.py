@@ -26,6 +26,7 @@ from pipeline.orchestration import DEFAULT_MAX_FACES
 from pipeline.profiles import PipelineConfig
 from pipeline.sessions import SessionConfig
 from pipeline.video import X264_PRESETS
+from serve_app.forms import UploadPace
 
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 """Default limit of one swap request body (all uploads together), checked while it is read."""
@@ -145,16 +146,28 @@ class IngressArgs(ScalingArgs):
     max_ongoing_requests: int = Field(default=64, ge=1)
     max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1024)
     """Limit of one request body (all uploads together), enforced while the multipart stream is read."""
+    upload_idle_timeout_s: float = Field(default=10.0, gt=0)
+    """A request body that stops arriving for this long is answered 408."""
+    upload_min_bytes_per_s: float = Field(default=32 * 1024, ge=0)
+    """A request body arriving slower than this on average (after ``upload_grace_s``) is answered 408."""
+    upload_grace_s: float = Field(default=5.0, ge=0)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     """Decoded pixel-count limit per image."""
     max_inflight_swaps: int = Field(default=32, ge=1)
     """Swaps one ingress replica runs at once; more are answered 503 at once (the ingress' own queue)."""
+    identity_cache_size: int = Field(default=256, ge=0)
+    """Source identities each ingress replica keeps (by the sha256 of the source upload), so a source sent
+    again is not decoded, detected and embedded again; 0 = keep none."""
     max_faces: int = Field(default=DEFAULT_MAX_FACES, ge=1, le=MAX_FACES_CAP)
     """Faces processed per image unless a request's ``max_faces`` says otherwise (never above the cap)."""
     jpeg_quality: int = Field(default=92, ge=1, le=100)
     provenance: bool = True
     """Label every output image as synthetic (XMP DigitalSourceType + JSON label, see README)."""
     readiness_timeout_s: float = Field(default=5.0, gt=0)
+
+    def upload_pace(self) -> UploadPace:
+        """How slowly a request body may arrive (``serve_app.forms.UploadPace``)."""
+        return UploadPace(self.upload_idle_timeout_s, self.upload_min_bytes_per_s, self.upload_grace_s)
 
 
 class AuthArgs(_Strict):
@@ -296,6 +309,8 @@ class AppArgs(_Strict):
     embedder: ModelDeploymentArgs = ModelDeploymentArgs()
     swapper: ModelDeploymentArgs = ModelDeploymentArgs(max_ongoing_requests=32)
     enhancer: ModelDeploymentArgs = ModelDeploymentArgs()
+    landmarker: ModelDeploymentArgs = ModelDeploymentArgs()
+    """The face mesh (shipped with the package): region masks and refined alignment."""
 
     @model_validator(mode="after")
     def _job_store_is_shared(self) -> AppArgs:
@@ -326,6 +341,21 @@ class AppArgs(_Strict):
     def profile_label(self) -> str:
         """The profile as responses report it (``custom`` when a stage is overridden)."""
         return self.pipeline_config().profile_label
+
+    def deployed(self) -> dict[str, ScalingArgs]:
+        """The deployments this graph deploys, by their args section: the one list that the app builder,
+        the RayService generator and the cluster sizing read."""
+        deployments: dict[str, ScalingArgs] = {
+            "ingress": self.ingress,
+            "detector": self.detector,
+            "swapper": self.swapper,
+        }
+        if self.has_embedder:
+            deployments["embedder"] = self.embedder
+        if self.enhance:
+            deployments["enhancer"] = self.enhancer
+        deployments["landmarker"] = self.landmarker
+        return deployments
 
     @property
     def has_embedder(self) -> bool:

@@ -5,6 +5,8 @@
 - ``FaceEmbedder.embed(crops)``: (N, S, S, 3) aligned crops -> (N, D) embeddings.
 - ``FaceSwapper.swap(crops, identities)``: (N, 128, 128, 3) crops and N identities -> swapped crops (+ masks).
 - ``FaceEnhancer.enhance(crops)``: (N, 512, 512, 3) crops -> restored crops.
+- ``FaceLandmarker.landmarks(crops)``: (N, 192, 192, 3) crops -> dense face meshes (region masks and
+  refined alignment).
 
 Frames never reach them: the ingress (or a video job's runner) decodes, warps, pastes back and encodes,
 and runs the one orchestration (:mod:`pipeline.orchestration`) over ports that call these
@@ -32,8 +34,24 @@ from ray import serve
 from ray.serve.exceptions import RayServeException
 
 from pipeline.errors import UnsupportedOptionError
-from pipeline.inprocess import detector_info, embedder_info, enhancer_info, run_swapper, swapper_info
-from pipeline.ports import DetectorInfo, EmbedderInfo, EnhancerInfo, Swapped, SwapperInfo
+from pipeline.inprocess import (
+    detector_info,
+    embedder_info,
+    enhancer_info,
+    landmarker_info,
+    run_landmarker,
+    run_swapper,
+    swapper_info,
+)
+from pipeline.ports import (
+    DenseLandmarks,
+    DetectorInfo,
+    EmbedderInfo,
+    EnhancerInfo,
+    LandmarkerInfo,
+    Swapped,
+    SwapperInfo,
+)
 from pipeline.profiles import ModelFactory
 from pipeline.types import CropsBGR, Face, ImageBGR
 from serve_app.config import AppArgs, BatchArgs
@@ -288,4 +306,50 @@ class FaceEnhancer:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _enhance_batch(self, requests: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+        return await self._model.serve(requests)
+
+
+@serve.deployment(name="FaceLandmarker")
+class FaceLandmarker:
+    """Dense face meshes of aligned crops (the package's MediaPipe face mesh); the crops of concurrent
+    requests share one model call."""
+
+    def __init__(self, args: AppArgs) -> None:
+        self._landmarker = ModelFactory(args.pipeline_config()).landmarker()
+        self._model = BatchedModel[np.ndarray, tuple[np.ndarray, float]](
+            "landmark", self._landmarker.name, self._run
+        )
+        log.info("FaceLandmarker ready: %s", self._landmarker.name)
+
+    def _run(self, crops: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+        if not crops:
+            return []
+        dense = run_landmarker(self._landmarker, np.stack(crops))
+        return list(zip(dense.points, dense.scores.tolist(), strict=True))
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self._model.batch = _apply_batch_config(self._landmarks_batch, config)
+
+    def info(self) -> LandmarkerInfo:
+        return landmarker_info(self._landmarker)
+
+    def check_health(self) -> None:
+        size = self._landmarker.crop_size
+        self._landmarker.landmarks(np.full((1, size, size, 3), 128, np.uint8))
+
+    def stats(self) -> dict[str, Any]:
+        return self._model.report()
+
+    async def landmarks(self, crops: CropsBGR) -> DenseLandmarks:
+        """(N, S, S, 3) uint8 BGR aligned crops -> their dense landmarks (crop pixels) and face scores."""
+        rows = await self._landmarks_batch(list(crops))
+        points = (
+            np.stack([p for p, _ in rows]) if rows else np.zeros((0, self._landmarker.points, 2), np.float32)
+        )
+        return DenseLandmarks(points, np.array([score for _, score in rows], np.float32))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def _landmarks_batch(
+        self, requests: list[list[np.ndarray]]
+    ) -> list[list[tuple[np.ndarray, float]]]:
         return await self._model.serve(requests)

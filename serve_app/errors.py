@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -71,6 +72,13 @@ class RateLimitedError(FaceSwapError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class RequestTimeoutError(FaceSwapError):
+    """The request body arrived too slowly (or stopped arriving)."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class RouteError(FaceSwapError):
@@ -149,7 +157,21 @@ def error_response(exc: BaseException, request_id: str) -> ErrorResponse:
     return ErrorResponse(error, request_id, headers or None)
 
 
+REQUEST_ID_HEADER = b"x-request-id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def valid_request_id(text: str) -> bool:
+    """A request id the service keeps, echoes and logs: 1-128 characters of ``[A-Za-z0-9._:-]``."""
+    return _REQUEST_ID.fullmatch(text) is not None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
 def request_id_of(request: Request) -> str:
-    """The request id the Serve proxy put in ``X-Request-ID`` (the client's, or one it generated; the
-    proxy also returns it as the response's ``X-Request-ID``)."""
-    return request.headers.get("x-request-id") or uuid.uuid4().hex
+    """The request's id: ``X-Request-ID`` as the proxy passed it on (the client's when it was valid, else
+    one the proxy generated, see ``serve_app.proxy``); a fresh one when absent or invalid."""
+    value = request.headers.get("x-request-id", "")
+    return value if valid_request_id(value) else new_request_id()

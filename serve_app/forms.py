@@ -4,8 +4,10 @@ text fields, and the response type from ``Accept``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -16,6 +18,7 @@ from starlette.requests import Request
 
 from pipeline.errors import InvalidInputError, InvalidOptionError, PayloadTooLargeError, UnsupportedMediaError
 from pipeline.options import SwapOptions
+from serve_app.errors import RequestTimeoutError
 from serve_app.routes import JPEG_TYPE, JSON_TYPE, PNG_TYPE
 
 MAX_TEXT_FIELD_BYTES = 64 * 1024
@@ -93,13 +96,46 @@ def negotiate(accept: str | None) -> str:
     return ranked[0][2] if ranked else JSON_TYPE
 
 
-async def limited(stream: AsyncGenerator[bytes, None], max_bytes: int) -> AsyncGenerator[bytes, None]:
-    """Pass the body through, raising PayloadTooLargeError as soon as it exceeds ``max_bytes``."""
+@dataclass(frozen=True)
+class UploadPace:
+    """How slowly a body may arrive: a gap of more than ``idle_timeout_s`` between two chunks, or an average
+    under ``min_bytes_per_s`` once ``grace_s`` have passed, ends the request with 408. So a client that
+    declares a large body and trickles it cannot hold the ingress' capacity for long."""
+
+    idle_timeout_s: float = 10.0
+    min_bytes_per_s: float = 32 * 1024
+    grace_s: float = 5.0
+
+
+async def limited(
+    stream: AsyncGenerator[bytes, None],
+    max_bytes: int,
+    pace: UploadPace = UploadPace(),
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncGenerator[bytes, None]:
+    """Pass the body through, raising PayloadTooLargeError as soon as it exceeds ``max_bytes`` and
+    RequestTimeoutError as soon as it arrives slower than ``pace`` allows."""
     total = 0
-    async for chunk in stream:
+    started = clock()
+    chunks = aiter(stream)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), pace.idle_timeout_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"no request data for {pace.idle_timeout_s:g} s; the upload was abandoned"
+            ) from None
         total += len(chunk)
         if total > max_bytes:
             raise PayloadTooLargeError(f"request body is over the limit of {max_bytes} bytes")
+        elapsed = clock() - started
+        if elapsed > pace.grace_s and total < pace.min_bytes_per_s * elapsed:
+            raise RequestTimeoutError(
+                f"the upload arrives at {total / elapsed:.0f} B/s, under the minimum of "
+                f"{pace.min_bytes_per_s:.0f} B/s"
+            )
         yield chunk
 
 
@@ -113,10 +149,14 @@ class MultipartForm:
 
 @asynccontextmanager
 async def read_multipart(
-    request: Request, max_bytes: int, file_fields: Sequence[str], what: str
+    request: Request,
+    max_bytes: int,
+    file_fields: Sequence[str],
+    what: str,
+    pace: UploadPace = UploadPace(),
 ) -> AsyncIterator[MultipartForm]:
-    """Parse a multipart body whose files may only be ``file_fields``; the uploads close when the block
-    ends. ``what`` names the expected parts in the 415 message."""
+    """Parse a multipart body whose files may only be ``file_fields``, arriving no slower than ``pace``;
+    the uploads close when the block ends. ``what`` names the expected parts in the 415 message."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise UnsupportedMediaError(
@@ -127,7 +167,7 @@ async def read_multipart(
         raise PayloadTooLargeError(f"request body of {declared} bytes is over the limit of {max_bytes} bytes")
     parser = MultiPartParser(
         request.headers,
-        limited(request.stream(), max_bytes),
+        limited(request.stream(), max_bytes, pace),
         max_files=len(file_fields),
         max_fields=MAX_TEXT_FIELDS,
         max_part_size=MAX_TEXT_FIELD_BYTES,

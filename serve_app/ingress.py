@@ -39,7 +39,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -52,6 +51,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline.errors import InvalidInputError, OverloadedError
+from pipeline.identities import IdentityCache
 from pipeline.imageio import check_dimensions
 from pipeline.options import SwapOptions
 from pipeline.orchestration import SwapOrchestrator, SwapResult
@@ -70,6 +70,7 @@ from serve_app.jobs import JobService
 from serve_app.logs import log_request
 from serve_app.metrics import IngressMetrics
 from serve_app.openapi import openapi_spec
+from serve_app.page import load_page
 from serve_app.ports import StageHandles, metering, serve_ports
 from serve_app.routes import API_PREFIX, JPEG_TYPE, JSON_TYPE, SWAP_PATH
 
@@ -105,10 +106,6 @@ def _route_path(request: Request) -> str:
     return path
 
 
-def _page() -> str:
-    return resources.files("serve_app").joinpath("static/index.html").read_text(encoding="utf-8")
-
-
 @serve.deployment(name="SwapIngress")
 @serve.ingress()
 class SwapIngress:
@@ -120,15 +117,16 @@ class SwapIngress:
         swapper: DeploymentHandle,
         embedder: DeploymentHandle | None,
         enhancer: DeploymentHandle | None,
+        landmarker: DeploymentHandle | None,
         args: AppArgs,
     ) -> None:
-        self._handles = StageHandles(detector=detector, swapper=swapper, embedder=embedder, enhancer=enhancer)
+        self._handles = StageHandles(detector, swapper, embedder, enhancer, landmarker)
         self._args = args
         self._limits = args.ingress
         self._inflight = 0
         self._orchestrator: SwapOrchestrator | None = None
         self._ports_lock = asyncio.Lock()
-        self._page = _page()
+        self._page = load_page()
         self._auth = ApiKeyAuth.from_args(args.auth)
         self._metrics = IngressMetrics()
         self._jobs = JobService(args, self._job_options)
@@ -191,7 +189,10 @@ class SwapIngress:
             if self._orchestrator is None:
                 ports = await serve_ports(self._handles, self._args.profile_label)
                 self._orchestrator = SwapOrchestrator(
-                    ports, max_faces=self._limits.max_faces, cpu=asyncio.to_thread
+                    ports,
+                    max_faces=self._limits.max_faces,
+                    cpu=asyncio.to_thread,
+                    identities=IdentityCache(self._limits.identity_cache_size),
                 )
         return self._orchestrator
 
@@ -240,6 +241,7 @@ class SwapIngress:
             response = await respond()
         except Exception as exc:
             response = error_response(exc, request_id)
+        response.headers["X-Content-Type-Options"] = "nosniff"
         error = response.error if isinstance(response, ErrorResponse) else None
         self._metrics.record_request(
             route, request.method, response.status_code, error.code if error else None
@@ -265,7 +267,11 @@ class SwapIngress:
         media_type = negotiate(request.headers.get("accept"))
         encoded_type = JPEG_TYPE if media_type == JSON_TYPE else media_type
         async with read_multipart(
-            request, self._limits.max_upload_bytes, FILE_FIELDS, f"{FILE_FIELDS[0]} and {FILE_FIELDS[1]}"
+            request,
+            self._limits.max_upload_bytes,
+            FILE_FIELDS,
+            f"{FILE_FIELDS[0]} and {FILE_FIELDS[1]}",
+            self._limits.upload_pace(),
         ) as form:
             uploads = {key: await upload.read() for key, upload in form.files.items()}
             texts = dict(form.texts)
@@ -330,4 +336,4 @@ class SwapIngress:
         return JSONResponse(spec)
 
     async def _index(self, request: Request) -> Response:
-        return HTMLResponse(self._page)
+        return HTMLResponse(self._page.html, headers=self._page.headers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -10,8 +11,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-"""Ray 2.60 outside a managed cluster: no token-auth prompt, no usage-stats network calls."""
+RAY_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.proxy:middlewares",
+}
+"""Ray 2.60 outside a managed cluster: no token-auth prompt, no usage-stats network calls; the service's
+middleware in Serve's HTTP proxy (``serve_app.proxy``)."""
 
 
 def free_port() -> int:
@@ -21,9 +27,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_serve(num_cpus: int | None = 4, num_gpus: int = 1, **ray_init: Any) -> Iterator[str]:
+def local_serve(num_cpus: int | None = 4, num_gpus: int = 1, port: int = 0, **ray_init: Any) -> Iterator[str]:
     """A fresh local Ray (never a cluster that `ray start` left running) with ``num_cpus`` CPUs (None: all)
-    and ``num_gpus`` logical GPUs, and Serve's HTTP proxy on a free 127.0.0.1 port. Yields the base URL;
+    and ``num_gpus`` logical GPUs, and Serve's HTTP proxy on 127.0.0.1:``port`` (0: a free port). Ray's
+    own log lines stay in its log files (``logging_level`` WARNING for the driver). Yields the base URL;
     shuts both down afterwards."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
@@ -39,11 +46,12 @@ def local_serve(num_cpus: int | None = 4, num_gpus: int = 1, **ray_init: Any) ->
         "num_gpus": num_gpus,
         "include_dashboard": False,
         "log_to_driver": False,
+        "logging_level": logging.WARNING,
         "runtime_env": {"env_vars": {**RAY_ENV, "PYTHONPATH": python_path}},
     }
     ray.init(**{**options, **ray_init})
     try:
-        port = free_port()
+        port = port or free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         yield f"http://127.0.0.1:{port}"
     finally:

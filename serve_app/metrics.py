@@ -5,7 +5,8 @@ tags and Ray exports them, prefixed with ``ray_``, from every node's metrics age
 ``ray start --metrics-export-port`` / ``ray.init(_metrics_export_port=...)``; KubeRay pods expose it as
 ``metrics``, port 8080). Each replica creates its own objects in ``__init__``:
 
-- ``ray_faceswap_stage_latency_seconds`` (histogram; ``stage`` detect / embed / swap / enhance, ``model``):
+- ``ray_faceswap_stage_latency_seconds`` (histogram; ``stage`` detect / embed / swap / enhance / landmark,
+  ``model``):
   one batched model call.
 - ``ray_faceswap_batch_size`` (histogram; ``stage``, ``model``): requests served by one batched call.
 - ``ray_faceswap_batch_items`` (histogram; ``stage``, ``model``): canvases or face crops in one call.
@@ -25,7 +26,7 @@ from typing import Any, Literal, TypeVar
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-Stage = Literal["detect", "embed", "swap", "enhance"]
+Stage = Literal["detect", "embed", "swap", "enhance", "landmark"]
 T = TypeVar("T")
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

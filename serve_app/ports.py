@@ -25,10 +25,12 @@ from ray.serve.exceptions import ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from pipeline.ports import (
+    DenseLandmarks,
     DetectorInfo,
     EmbedderInfo,
     Embeddings,
     EnhancerInfo,
+    LandmarkerInfo,
     Ports,
     Swapped,
     SwapperInfo,
@@ -140,6 +142,16 @@ class ServeEnhancer:
         return enhanced
 
 
+class ServeLandmarker:
+    def __init__(self, handle: DeploymentHandle, info: LandmarkerInfo) -> None:
+        self._handle = handle
+        self.info = info
+
+    async def landmarks(self, crops: CropsBGR) -> DenseLandmarks:
+        dense: DenseLandmarks = await call(self._handle, "landmarks", crops)
+        return dense
+
+
 @dataclass(frozen=True)
 class StageHandles:
     """The model deployments of one application (None: not deployed)."""
@@ -148,6 +160,7 @@ class StageHandles:
     swapper: DeploymentHandle
     embedder: DeploymentHandle | None = None
     enhancer: DeploymentHandle | None = None
+    landmarker: DeploymentHandle | None = None
 
 
 async def serve_ports(handles: StageHandles, profile: str) -> Ports:
@@ -157,13 +170,18 @@ async def serve_ports(handles: StageHandles, profile: str) -> Ports:
     async def info(handle: DeploymentHandle | None) -> Any:
         return None if handle is None else await call(handle, "info")
 
-    detector, swapper, embedder, enhancer = await asyncio.gather(
-        info(handles.detector), info(handles.swapper), info(handles.embedder), info(handles.enhancer)
+    detector, swapper, embedder, enhancer, landmarker = await asyncio.gather(
+        info(handles.detector),
+        info(handles.swapper),
+        info(handles.embedder),
+        info(handles.enhancer),
+        info(handles.landmarker),
     )
     return Ports(
         detector=ServeDetector(handles.detector, detector),
         swapper=ServeSwapper(handles.swapper, swapper),
         embedder=ServeEmbedder(handles.embedder, embedder) if embedder is not None else None,
         enhancer=ServeEnhancer(handles.enhancer, enhancer) if enhancer is not None else None,
+        landmarker=ServeLandmarker(handles.landmarker, landmarker) if landmarker is not None else None,
         profile=profile,
     )

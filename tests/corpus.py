@@ -99,22 +99,19 @@ class Reply:
 
 
 def encode_body(request: CaseRequest) -> tuple[dict[str, str], bytes]:
-    """Headers and body bytes of ``request`` as httpx would send them (multipart built by httpx)."""
+    """Headers and body bytes of ``request`` (multipart built by httpx)."""
     if request.content is not None:
         return dict(request.headers), request.content
     data: dict[str, list[str]] = {}
     for key, value in request.data:
         data.setdefault(key, []).append(value)
     built = httpx.Request(
-        request.method,
-        "http://127.0.0.1/",
-        files=list(request.files) or None,
-        data=data or None,
-        headers=dict(request.headers),
+        request.method, "http://127.0.0.1/", files=list(request.files) or None, data=data or None
     )
     body = built.read()
     headers = {k: v for k, v in built.headers.items() if k.lower() not in ("host", "content-length")}
-    return headers, body
+    # the case's own headers go to http.client as they are (latin-1: a byte that is not UTF-8 stays one)
+    return {**headers, **dict(request.headers)}, body
 
 
 def send(base_url: str, request: CaseRequest, timeout_s: float = 60.0) -> Reply:
@@ -882,6 +879,104 @@ def video_cases(inputs: Inputs, *, source_field: str, video_field: str) -> Itera
     yield Case("GET on the jobs route", "video", CaseRequest(method="GET", path=JOBS_PATH), NOT_ALLOWED)
 
 
+def hardening_cases(inputs: Inputs) -> Iterator[Case]:
+    """What an outside hostile suite found (issue 10), each class with more cases than its example: numbers
+    Python cannot parse, request ids the proxy would echo or choke on, unbounded work, non-ASCII digits."""
+    fields = inputs.with_fields
+    huge = "9" * 5000
+    yield Case(
+        "options JSON 5000-digit integer",
+        "hardening",
+        fields(("options", f'{{"blend_ratio": {huge}}}')),
+        BAD_OPTION,
+        "over Python's integer string limit",
+    )
+    yield Case(
+        "options JSON 5000-digit integer in a list",
+        "hardening",
+        fields(("options", f'{{"face_mask_padding": [{huge}]}}')),
+        BAD_OPTION,
+    )
+    yield Case(
+        "options JSON 4000-digit integer",
+        "hardening",
+        fields(("options", '{"face_enhancer_blend": ' + "9" * 4000 + "}")),
+        BAD_OPTION,
+        "under the limit, still no float",
+    )
+    yield Case("5000-digit blend_ratio field", "hardening", fields(("blend_ratio", huge)), BAD_OPTION)
+    yield Case("5000-digit max_faces field", "hardening", fields(("max_faces", huge)), BAD_OPTION)
+    for value in ("\uff11", "\u0661", "\u0966.\u096b", "\u00bd", "1\u20070"):
+        text = value
+        yield Case(
+            f"blend_ratio {value} (non-ASCII digits)", "hardening", fields(("blend_ratio", text)), BAD_OPTION
+        )
+    yield Case(
+        "face_enhancer_blend fullwidth 80",
+        "hardening",
+        fields(("face_enhancer_blend", "\uff18\uff10")),
+        BAD_OPTION,
+    )
+    yield Case(
+        "face_mask_padding fullwidth 1", "hardening", fields(("face_mask_padding", "\uff11")), BAD_OPTION
+    )
+    yield Case(
+        "options JSON string of fullwidth digits",
+        "hardening",
+        fields(("options", '{"blend_ratio": "\\uff10.\\uff15"}')),
+        BAD_OPTION,
+    )
+    yield Case(
+        "detector_score 0",
+        "hardening",
+        fields(("detector_score", "0")),
+        BAD_OPTION,
+        "thousands of noise 'faces' on a group photo",
+    )
+    yield Case("detector_score 0.05", "hardening", fields(("detector_score", "0.05")), BAD_OPTION)
+    yield Case("max_faces 0", "hardening", fields(("max_faces", "0")), BAD_OPTION)
+    yield Case("max_faces 65 (over the cap)", "hardening", fields(("max_faces", "65")), BAD_OPTION)
+    yield Case("max_faces 1e3", "hardening", fields(("max_faces", "1e3")), BAD_OPTION)
+    yield Case(
+        "max_faces 2, many", "hardening", fields(("max_faces", "2"), ("face_selector_mode", "many")), OK
+    )
+    for size in (17_000, 70_000):
+        yield Case(
+            f"X-Request-ID of {size // 1000} KB",
+            "hardening",
+            fields(headers=(("X-Request-ID", "r" * size),)),
+            OK,
+            "replaced by a generated id",
+        )
+    yield Case(
+        "X-Request-ID with spaces and a slash", "hardening", fields(headers=(("X-Request-ID", "a b/c"),)), OK
+    )
+    yield Case(
+        "X-Request-ID with a non-UTF-8 byte",
+        "hardening",
+        fields(headers=(("X-Request-ID", "bad\xffid"),)),
+        OK,
+    )
+    yield Case(
+        "X-Request-ID non-UTF-8 on /healthz",
+        "hardening",
+        CaseRequest(method="GET", path="/healthz", headers=(("X-Request-ID", "\xfe\xff"),)),
+        OK,
+    )
+    yield Case(
+        "serve_multiplexed_model_id non-UTF-8",
+        "hardening",
+        fields(headers=(("serve_multiplexed_model_id", "m\xff"),)),
+        OK,
+    )
+    yield Case(
+        "serve-multiplexed-model-id non-UTF-8 on /openapi.json",
+        "hardening",
+        CaseRequest(method="GET", path="/openapi.json", headers=(("serve-multiplexed-model-id", "\xff"),)),
+        OK,
+    )
+
+
 def image_api_cases(inputs: Inputs | None = None) -> list[Case]:
     """Every case of the image API (swap route, routes, negotiation)."""
     inputs = inputs or Inputs()
@@ -890,4 +985,5 @@ def image_api_cases(inputs: Inputs | None = None) -> list[Case]:
         *form_cases(inputs),
         *option_cases(inputs),
         *http_cases(inputs),
+        *hardening_cases(inputs),
     ]

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
-
 from pipeline.engine import crops_for
+
 from pipeline.errors import InvalidInputError, InvalidOptionError, NoFaceError, UnsupportedMediaError
 from pipeline.geometry import box_mask, face_region_mask
 from pipeline.options import SwapOptions

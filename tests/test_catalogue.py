@@ -1,4 +1,4 @@
-"""The model catalogue: the real configs/models.yaml, field validation, and finding model files on disk."""
+"""The model catalogue: the real pipeline/models.yaml, field validation, and finding model files on disk."""
 
 from __future__ import annotations
 
@@ -81,13 +81,13 @@ def write_catalogue(tmp_path: Path, entries: list[dict[str, Any]]) -> Path:
 
 @pytest.fixture(scope="module")
 def catalogue() -> Catalogue:
-    return Catalogue.load(REPO / "configs" / "models.yaml")
+    return Catalogue.load(REPO / "pipeline" / "models.yaml")
 
 
 def test_default_path_is_the_repo_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FACESWAP_CATALOGUE", raising=False)
-    assert default_catalogue_path() == REPO / "configs" / "models.yaml"
-    assert Catalogue.load().names() == Catalogue.load(REPO / "configs" / "models.yaml").names()
+    assert default_catalogue_path() == REPO / "pipeline" / "models.yaml"
+    assert Catalogue.load().names() == Catalogue.load(REPO / "pipeline" / "models.yaml").names()
 
 
 def test_env_var_selects_the_catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 
 import cv2
 import numpy as np
+import pytest
 
+from pipeline.geometry import box_mask, face_region_mask
 from pipeline.options import SwapOptions
-from pipeline.profiles import PipelineConfig, build_pipeline
+from pipeline.orchestration import SwapOrchestrator, crops_for
+from pipeline.profiles import PipelineConfig, build_models
 from pipeline.provenance import read_label
 
 
@@ -29,18 +33,16 @@ def test_swap_two_real_photos_changes_only_the_face(assets, load_image, tmp_path
     summary = json.loads(proc.stdout)
     assert summary["profile"] == "lite" and summary["faces_swapped"] == 1
     label = read_label(out.read_bytes())
-    assert label is not None and label.models["swapper"] == "classical"
+    assert label is not None and label.models["swapper"] == "mesh_classical"
     result = cv2.imread(str(out))
     original = load_image(target.name)
     assert result.shape == original.shape
     # the region paste-back may write, recomputed in-process with the same detector and options
-    pipeline = build_pipeline(PipelineConfig(profile="lite"))
-    from pipeline.engine import crops_for
-    from pipeline.geometry import box_mask, face_region_mask
-
-    faces = pipeline.target_faces(original, SwapOptions())
-    _, affines = crops_for(original, faces, pipeline.swapper.template, pipeline.swapper.crop_size)
-    region = face_region_mask(original.shape, affines[0], box_mask(pipeline.swapper.crop_size, 0.3)) > 0
+    orchestrator = SwapOrchestrator(build_models(PipelineConfig(profile="lite")).ports())
+    faces = asyncio.run(orchestrator.detect([original], SwapOptions().detector_score))[0]
+    crop = orchestrator.ports.swapper.info.crop
+    _, affines = crops_for(original, faces[:1], crop)
+    region = face_region_mask(original.shape, affines[0], box_mask(crop.size, 0.3)) > 0
     diff = np.abs(result.astype(int) - original.astype(int)).sum(axis=2)
     assert (diff[~region] == 0).all()
     assert diff[region].mean() > 8
@@ -57,6 +59,7 @@ def test_auto_profile_uses_the_shared_models_and_says_so(assets, tmp_path):
         str(out),
         "--models-dir",
         str(tmp_path / "empty"),
+        "--shared-assets",
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
@@ -104,3 +107,67 @@ def test_unreadable_image_no_face_and_missing_models_exit_non_zero(assets, tmp_p
     assert proc.returncode == 4 and ".onnx" in proc.stderr, proc.stderr
     proc = _faceswap("swap", real, real, "-o", str(tmp_path / "o.jpg"), "--blend-ratio", "3")
     assert proc.returncode == 2 and "blend_ratio" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        (["--help"], "faceswap"),
+        (["swap", "--help"], "exit codes: 0 ok"),
+        (["models", "--help"], "list"),
+        (["models", "list", "--help"], "--models-dir"),
+        (["models", "download", "--help"], "catalogue names"),
+    ],
+)
+def test_every_subcommand_has_help(command, expected):
+    proc = _faceswap(*command)
+    assert proc.returncode == 0 and expected in proc.stdout, proc.stderr
+    if command[0] == "swap":
+        for text in (
+            "image with the face to put in",
+            "--face-selector-mode",
+            "{one,many,reference}",
+            "--blend-ratio",
+            "0 to 1",
+            "--max-faces",
+        ):
+            assert text in proc.stdout, text
+
+
+def test_version_and_verbose_anywhere(tmp_path):
+    proc = _faceswap("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("faceswap-serve ")
+    proc = _faceswap("models", "list", "-v", "--models-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_models_list_shows_every_folder_searched(assets, tmp_path):
+    (tmp_path / "scrfd_500m_bnkps.onnx").write_bytes(
+        (assets / "models" / "scrfd_500m_bnkps.onnx").read_bytes()
+    )
+    proc = _faceswap("models", "list", "--models-dir", str(tmp_path), "--shared-assets")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "searched, in order:"
+    assert f"1. {tmp_path}" in lines[1]
+    assert any(str(assets / "models") in line for line in lines)
+    row = {line.split()[0]: line.split()[2] for line in lines if line[:1].isalnum() and len(line.split()) > 3}
+    assert row["scrfd_500m"] == "1." and row["inswapper_128"] == "missing"
+    assert row["mobilefacenet_128d"] != "missing"
+
+
+def test_output_folder_must_exist_and_enhance_only_says_so(assets, tmp_path):
+    real = str(assets / "images" / "codait_luciano_cc0.png")
+    proc = _faceswap(
+        "swap", real, real, "-o", str(tmp_path / "missing" / "dir" / "x.jpg"), "--profile", "lite"
+    )
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert not (tmp_path / "missing").exists()
+    out = tmp_path / "enhanced.jpg"
+    proc = _faceswap(
+        "swap", real, real, "-o", str(out), "--profile", "lite", "--frame-processors", "face_enhancer"
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["faces_swapped"] == 0 and summary["faces_processed"] == 1
+    assert summary["frame_processors"] == ["face_enhancer"]

@@ -99,6 +99,7 @@ def app(test_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
                 "max_pixels": corpus.MAX_PIXELS,
             },
             "detector": {"num_cpus": 0},
+            "embedder": {"num_cpus": 0},
             "swapper": {"num_cpus": 0},
             "jobs": {
                 "store_uri": str(store),
@@ -186,6 +187,29 @@ def test_corpus_is_large_and_unique() -> None:
 @pytest.mark.parametrize("case", _params(CASES))
 def test_case(case: Case, app: App, ledger: list[dict[str, str]]) -> None:
     run_case(case, app, ledger)
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("plain-id.1:2_x", True),
+        ("r" * 129, False),
+        ("r" * 70_000, False),
+        ("bad\xffid", False),
+        ("a b", False),
+    ],
+)
+def test_request_ids_are_bounded_and_echoed_only_when_plain(app: App, sent: str, kept: bool) -> None:
+    headers = (("X-Request-ID", sent),)
+    for request in (
+        CaseRequest(method="GET", path="/healthz", headers=headers),
+        INPUTS.with_fields(("detector_score", "0.99"), headers=headers),
+    ):
+        reply = corpus.send(app.url, request)
+        echoed = reply.headers["x-request-id"]
+        assert len(echoed) <= 128 and (echoed == sent) == kept, echoed[:200]
+    body = reply.json()
+    assert isinstance(body, dict) and body["code"] == "no_face" and body["request_id"] == echoed
 
 
 def test_chunked_body_over_the_limit_is_stopped_while_streaming(app: App) -> None:

@@ -1,5 +1,5 @@
 """Face detectors: pure helpers, graph-contract checks on tiny hand-built ONNX graphs, and the real
-SCRFD-500M / YuNet models and the Haar cascade on the real photos in ../shared/assets."""
+SCRFD-500M / YuNet models on the real photos in ../shared/assets."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from pipeline.canvas import CanvasSpec, faces_to_image, make_canvas, pad_canvas
 from pipeline.errors import InvalidInputError, InvalidOptionError, ModelContractError
 from pipeline.models.detectors import (
-    HaarDetector,
     ScrfdDetector,
     YunetDetector,
     distance2bbox,
     distance2kps,
-    letterbox,
     nms,
 )
 from pipeline.sessions import SessionConfig, create_session
@@ -76,29 +75,38 @@ def check_face(face: Face, image_shape: tuple[int, ...]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def test_letterbox_wide_image_goes_top_left_and_keeps_pixels() -> None:
+def test_canvas_of_a_wide_image_keeps_pixels_and_pads_at_the_bottom() -> None:
     image = np.full((50, 100, 3), (10, 20, 30), np.uint8)
-    padded, scale = letterbox(image, (64, 64))
-    assert padded.shape == (64, 64, 3) and padded.dtype == np.uint8
+    canvas, scale = make_canvas(image, CanvasSpec(64, 64, upscale=True))
+    assert canvas.shape == (32, 64, 3) and canvas.dtype == np.uint8
     assert scale == pytest.approx(0.64)
-    assert np.all(padded[:32, :64] == (10, 20, 30))
-    assert not padded[32:].any()
+    assert np.all(canvas == (10, 20, 30))
+    padded = pad_canvas(canvas, 64, 64)
+    assert padded.shape == (64, 64, 3) and np.array_equal(padded[:32], canvas) and not padded[32:].any()
 
 
-def test_letterbox_upscales_small_tall_image_into_non_square_canvas() -> None:
+def test_canvas_upscales_a_small_tall_image_only_when_asked() -> None:
     image = np.zeros((20, 10, 3), np.uint8)
     image[:, 5:] = 255  # right half white
-    padded, scale = letterbox(image, (96, 64))  # width 96, height 64
-    assert padded.shape == (64, 96, 3)
+    canvas, scale = make_canvas(image, CanvasSpec(96, 64, upscale=True))  # width 96, height 64
+    assert canvas.shape == (64, 32, 3)
     assert scale == pytest.approx(3.2)
-    assert not padded[:, :14].any() and np.all(padded[:, 18:30] == 255)
-    assert not padded[:, 33:].any()
+    assert not canvas[:, :14].any() and np.all(canvas[:, 18:30] == 255)
+    same, one = make_canvas(image, CanvasSpec(96, 64, upscale=False))
+    assert same is image and one == 1.0
+
+
+def test_faces_on_a_canvas_map_back_to_image_pixels() -> None:
+    face = Face(np.array([10, 20, 30, 40], np.float32), np.full((5, 2), 8, np.float32), 0.9)
+    (back,) = faces_to_image([face], 0.25)
+    assert np.array_equal(back.bbox, [40, 80, 120, 160]) and np.all(back.landmarks == 32)
+    assert back.score == 0.9 and back.bbox.dtype == np.float32
 
 
 @pytest.mark.parametrize("size", [(0, 64), (64, -1)])
-def test_letterbox_rejects_bad_size(size: tuple[int, int]) -> None:
+def test_canvas_rejects_bad_size(size: tuple[int, int]) -> None:
     with pytest.raises(InvalidOptionError):
-        letterbox(np.zeros((8, 8, 3), np.uint8), size)
+        CanvasSpec(*size, upscale=True)
 
 
 def test_nms_hand_case() -> None:
@@ -287,44 +295,3 @@ def test_yunet_threshold_override_and_canvas_matches_fixed_model(detectors, load
     for a, b in zip(fixed, canvas, strict=True):
         np.testing.assert_allclose(a.bbox, b.bbox, atol=0.5)
         np.testing.assert_allclose(a.landmarks, b.landmarks, atol=0.5)
-
-
-# ---------------------------------------------------------------------------------------------- Haar
-@pytest.fixture(scope="module")
-def haar() -> HaarDetector:
-    return HaarDetector()
-
-
-@pytest.mark.assets
-@pytest.mark.parametrize(
-    "image_name", [PORTRAIT, "codait_luciano_cc0.png", "astronaut_eileen_collins_nasa.png"]
-)
-def test_haar_finds_the_one_face(haar, detectors, load_image, image_name: str) -> None:
-    image = load_image(image_name)
-    faces = haar.detect(image)
-    assert len(faces) == 1, [(f.score, f.bbox.tolist()) for f in faces]
-    (reference,) = detectors["yunet_full"].detect(image)
-    assert iou(faces[0].bbox, reference.bbox) > 0.3
-    check_face(faces[0], image.shape)
-    nose = faces[0].landmarks[2]
-    assert faces[0].landmarks[0, 0] < nose[0] < faces[0].landmarks[1, 0]
-    # the eye pair came from the eye cascade: eyes within 6% of the face width of YuNet's
-    width = reference.bbox[2] - reference.bbox[0]
-    assert np.all(np.linalg.norm(faces[0].landmarks[:2] - reference.landmarks[:2], axis=1) < 0.06 * width)
-
-
-@pytest.mark.assets
-def test_haar_score_threshold(haar, load_image) -> None:
-    image = load_image("astronaut_eileen_collins_nasa.png")
-    (face,) = haar.detect(image, score_threshold=0.0)
-    assert 0.0 < face.score < 1.0
-    assert haar.detect(image, score_threshold=min(1.0, face.score + 0.01)) == []
-    assert len(haar.detect(image, score_threshold=face.score)) == 1
-
-
-def test_haar_no_face_in_flat_image_and_rejects_bad_input(haar) -> None:
-    assert haar.detect(np.full((240, 320, 3), 128, np.uint8)) == []
-    with pytest.raises(InvalidInputError):
-        haar.detect(np.zeros((0, 10, 3), np.uint8))
-    with pytest.raises(InvalidOptionError):
-        HaarDetector(min_face=5)

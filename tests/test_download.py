@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.catalogue import Catalogue, ModelSpec
-from pipeline.download import TextProgress, download_model, ensure_models
+from pipeline.download import download_model, ensure_models
 from pipeline.errors import DownloadError, ModelNotFoundError
+from pipeline.progress import Progress
 
 PAYLOAD = random.Random(20261124).randbytes(300_000)
 CHUNK = 16 * 1024
@@ -266,18 +267,18 @@ def test_ensure_models_unknown_name() -> None:
         ensure_models(["nope"], catalogue_for(spec_for("http://unused/")), Path("/nonexistent"))
 
 
-def test_text_progress_draws_one_rate_limited_line() -> None:
-    now = [0.0]
+def test_progress_bar_counts_bytes_and_closes_at_the_total() -> None:
     stream = io.StringIO()
-    bar = TextProgress(stream, label="toy.onnx", min_interval=0.5, width=10, clock=lambda: now[0])
-    bar(0, 1000)
-    bar(100, 1000)  # same instant: skipped
-    now[0] = 1.0
-    bar(500, 1000)
-    bar(1000, 1000)  # completion is always drawn, then the line ends
-    bar(1000, 1000)
+    bar = Progress("toy.onnx", "B", stream=stream)
+    bar(0, 2 * 1024 * 1024)
+    bar(1024 * 1024, 2 * 1024 * 1024)
+    bar(2 * 1024 * 1024, 2 * 1024 * 1024)  # reaching the total closes the bar: the line ends
     text = stream.getvalue()
-    assert text.count("\r") == 3 and text.endswith("\n") and text.count("\n") == 1
-    assert "toy.onnx [#####.....]  50.0%" in text and "[##########] 100.0%" in text
-    assert " 10.0%" not in text
-    assert TextProgress(io.StringIO()).render(3 * 1024 * 1024, None) == "3.0 MiB"
+    assert text.startswith("\r") and text.endswith("\n")
+    assert "toy.onnx" in text and "100%" in text and "2.00M/2.00M" in text
+    grown = io.StringIO()
+    frames = Progress("frames", "frame", stream=grown)
+    frames(3, None)  # total unknown, then known
+    frames(5, 10)
+    frames.close()
+    assert "5/10" in grown.getvalue() and "frame" in grown.getvalue()

@@ -79,3 +79,26 @@ def test_long_sides_and_headers_without_a_size_are_refused():
         decode_image(_png_header(2, 40000) + b"\x00" * 64)
     with pytest.raises(InvalidInputError, match="no size"):
         decode_image(b"\xff\xd8\xff\xe0" + b"\x00" * 32)
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """``jpeg`` with an APP1 Exif segment holding only the Orientation tag (big-endian TIFF)."""
+
+    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    app1 = b"Exif\x00\x00" + b"MM\x00\x2a" + struct.pack(">I", 8) + ifd
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
+@pytest.mark.parametrize(
+    ("orientation", "turn"),
+    [(1, None), (6, cv2.ROTATE_90_CLOCKWISE), (3, cv2.ROTATE_180), (8, cv2.ROTATE_90_COUNTERCLOCKWISE)],
+)
+def test_exif_orientation_is_applied(orientation: int, turn: int | None) -> None:
+    """A phone photo stored sideways (Orientation 6) decodes upright, as a viewer shows it."""
+    stored = np.zeros((40, 80, 3), np.uint8)
+    stored[:, :20] = (0, 0, 255)  # a red band on the stored image's left edge
+    jpeg = cv2.imencode(".jpg", stored, [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
+    image = decode_image(_with_exif_orientation(jpeg, orientation))
+    expected = stored if turn is None else cv2.rotate(stored, turn)
+    assert image.shape == expected.shape
+    assert np.abs(image.astype(int) - expected).mean() < 2.0

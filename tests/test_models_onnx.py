@@ -13,11 +13,13 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.errors import InvalidInputError, InvalidOptionError, ModelContractError
+from pipeline.errors import InvalidInputError, ModelContractError, ModelNotFoundError
 from pipeline.geometry import box_mask, face_region_mask, paste_back, template_points, warp_face
+from pipeline.inprocess import LocalEmbedder, LocalSwapper
 from pipeline.models.embedder import ArcFaceEmbedder
-from pipeline.models.enhancer import GfpganEnhancer, enhancer_blend
+from pipeline.models.enhancer import GfpganEnhancer
 from pipeline.models.swapper import InswapperSwapper, load_emap
+from pipeline.ports import Ports
 from pipeline.sessions import SessionConfig, create_session
 from pipeline.testmodels import (
     CONSTANT_SWAP_RGB,
@@ -49,12 +51,18 @@ def arcface(test_models: dict[str, Path]) -> ArcFaceEmbedder:
 
 
 @pytest.fixture(scope="module")
-def swappers(test_models: dict[str, Path], arcface: ArcFaceEmbedder) -> dict[str, InswapperSwapper]:
+def swappers(test_models: dict[str, Path]) -> dict[str, InswapperSwapper]:
     out = {}
     for variant in ("identity", "constant", "tint"):
         path = test_models[f"inswapper_{variant}"]
-        out[variant] = InswapperSwapper(session(path), load_emap(path), arcface)
+        out[variant] = InswapperSwapper(session(path), load_emap(path))
     return out
+
+
+def embed(embedder: ArcFaceEmbedder, image: np.ndarray, face: Face) -> np.ndarray:
+    """(D,) embedding of ``face`` in ``image``, aligned to the embedder's template."""
+    crop, _ = warp_face(image, face.landmarks, embedder.template, embedder.crop_size)
+    return embedder.embed_crops(crop[None])[0]
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +168,7 @@ def test_load_emap_returns_last_initializer(test_models: dict[str, Path]) -> Non
 
 
 def test_latent_is_normalised_embedding_times_emap(
-    test_models: dict[str, Path], swappers: dict[str, InswapperSwapper]
+    test_models: dict[str, Path], swappers: dict[str, InswapperSwapper], arcface: ArcFaceEmbedder
 ) -> None:
     image, face = synthetic_face_image()
     crop, _ = warp_face(image, face.landmarks, "arcface_112_v2", 112)
@@ -168,7 +176,7 @@ def test_latent_is_normalised_embedding_times_emap(
     blob = (crop[..., ::-1].astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]
     embedding = raw_session.run(None, {"input.1": blob})[0][0]
     expected = normalise(normalise(embedding) @ load_emap(test_models["inswapper_identity"]))
-    latent = swappers["identity"].encode_source(image, face)
+    latent = swappers["identity"].latent(embed(arcface, image, face))
     assert latent.shape == (512,) and latent.dtype == np.float32
     np.testing.assert_allclose(latent, expected, atol=1e-5)
 
@@ -179,11 +187,11 @@ def test_wrong_graphs_raise_model_contract_error(
     swap_path = test_models["inswapper_identity"]
     emap = load_emap(swap_path)
     with pytest.raises(ModelContractError, match="target"):
-        InswapperSwapper(session(renamed_input(swap_path, "target", "image")), emap, arcface)
+        InswapperSwapper(session(renamed_input(swap_path, "target", "image")), emap)
     with pytest.raises(ModelContractError, match="emap"):
-        InswapperSwapper(session(swap_path), emap[:256], arcface)
+        InswapperSwapper(session(swap_path), emap[:256])
     with pytest.raises(ModelContractError, match="input 'target'"):
-        InswapperSwapper(session(swap_path), emap, arcface, crop_size=256)
+        InswapperSwapper(session(swap_path), emap, crop_size=256)
     with pytest.raises(ModelContractError, match=r"\[N, 3, 112, 112\]"):
         ArcFaceEmbedder(session(test_models["gfpgan_identity"]))
     with pytest.raises(ModelContractError, match="1 input and 1 output"):
@@ -208,8 +216,9 @@ def test_wrong_graphs_raise_model_contract_error(
     tiny.ir_version = 8
     embedder_128 = ArcFaceEmbedder(session(tiny), name="tiny_128d")
     assert embedder_128.dim == 128
-    with pytest.raises(ModelContractError, match="128-d"):
-        InswapperSwapper(session(swap_path), emap, embedder_128)
+    swapper = InswapperSwapper(session(swap_path), emap)
+    with pytest.raises(ModelNotFoundError, match=r"512-d ArcFace embedder .*tiny_128d \(128-d\)"):
+        Ports(detector=None, swapper=LocalSwapper(swapper), embedder=LocalEmbedder(embedder_128))  # type: ignore[arg-type]
 
 
 def test_bad_crops_are_rejected(arcface: ArcFaceEmbedder, swappers: dict[str, InswapperSwapper]) -> None:
@@ -231,11 +240,11 @@ def test_fixed_batch_one_loops_like_dynamic(
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     assert embeddings[0] @ embeddings[1] < 0.99  # different crops, different embeddings
     emap = load_emap(test_models["inswapper_tint"])
-    fixed_swapper = InswapperSwapper(session(build_inswapper("tint", batch=1)), emap, arcface)
+    fixed_swapper = InswapperSwapper(session(build_inswapper("tint", batch=1)), emap)
     crops = rng.integers(0, 256, (3, 128, 128, 3), dtype=np.uint8)
-    latents = swappers["tint"].latent(embeddings)
+    sources = np.resize(embeddings, (3, 512)).astype(np.float32)
     np.testing.assert_array_equal(
-        fixed_swapper.swap_crops(crops, latents), swappers["tint"].swap_crops(crops, latents)
+        fixed_swapper.swap_crops(crops, sources), swappers["tint"].swap_crops(crops, sources)
     )
 
 
@@ -256,7 +265,7 @@ def test_mobilefacenet_separates_identities(assets: Path, load_image, yunet_face
     embeddings = []
     for name in names:
         image = load_image(name)
-        embeddings.append(embedder.embed_face(image, yunet_faces(image)[0]))
+        embeddings.append(embed(embedder, image, yunet_faces(image)[0]))
     paul_a, paul_b, astronaut = embeddings
     assert float(np.linalg.norm(paul_a)) == pytest.approx(1.0, abs=1e-5)
     assert float(paul_a @ paul_b) > 0.5
@@ -268,13 +277,15 @@ def test_mobilefacenet_separates_identities(assets: Path, load_image, yunet_face
 
 
 @pytest.mark.assets
-def test_identity_swap_round_trip(load_image, yunet_faces, swappers: dict[str, InswapperSwapper]) -> None:
+def test_identity_swap_round_trip(
+    load_image, yunet_faces, swappers: dict[str, InswapperSwapper], arcface: ArcFaceEmbedder
+) -> None:
     image = load_image("astronaut_eileen_collins_nasa.png")
     face = yunet_faces(image)[0]
     swapper = swappers["identity"]
     crop, affine = warp_face(image, face.landmarks, swapper.template, swapper.crop_size)
-    latent = swapper.encode_source(image, face)
-    swapped = swapper.swap_crops(crop[None], latent[None])[0]
+    source = embed(arcface, image, face)
+    swapped = swapper.swap_crops(crop[None], source[None])[0]
     np.testing.assert_array_equal(swapped, crop)
     mask = box_mask(swapper.crop_size, 0.3)
     out = paste_back(image, swapped, affine, mask)
@@ -290,13 +301,13 @@ def test_identity_swap_round_trip(load_image, yunet_faces, swappers: dict[str, I
 
 @pytest.mark.assets
 def test_constant_swap_writes_only_inside_the_mask(
-    load_image, yunet_faces, swappers: dict[str, InswapperSwapper]
+    load_image, yunet_faces, swappers: dict[str, InswapperSwapper], arcface: ArcFaceEmbedder
 ) -> None:
     image = load_image("codait_luciano_cc0.png")
     face = yunet_faces(image)[0]
     swapper = swappers["constant"]
     crop, affine = warp_face(image, face.landmarks, swapper.template, swapper.crop_size)
-    swapped = swapper.swap_crops(crop[None], swapper.encode_source(image, face)[None])[0]
+    swapped = swapper.swap_crops(crop[None], embed(arcface, image, face)[None])[0]
     assert np.array_equal(swapped, np.broadcast_to(CONSTANT_BGR, swapped.shape))
     mask = box_mask(swapper.crop_size, 0.3)
     out = paste_back(image, swapped, affine, mask)
@@ -313,26 +324,28 @@ def test_constant_swap_writes_only_inside_the_mask(
 
 @pytest.mark.assets
 def test_batched_swap_equals_single_calls(
-    load_image, yunet_faces, swappers: dict[str, InswapperSwapper]
+    load_image, yunet_faces, swappers: dict[str, InswapperSwapper], arcface: ArcFaceEmbedder
 ) -> None:
     image = load_image("pexels_group_meeting_1080865.jpeg")
     faces = yunet_faces(image)[:4]
     swapper = swappers["tint"]
     crops = np.stack([warp_face(image, f.landmarks, swapper.template, swapper.crop_size)[0] for f in faces])
-    latents = np.stack([swapper.encode_source(image, f) for f in faces])
+    latents = np.stack([embed(arcface, image, f) for f in faces])
     batched = swapper.swap_crops(crops, latents)
     singles = np.concatenate(
         [swapper.swap_crops(crops[i : i + 1], latents[i : i + 1]) for i in range(len(faces))]
     )
     assert batched.shape == (len(faces), 128, 128, 3) and batched.dtype == np.uint8
     assert np.abs(batched.astype(np.int16) - singles).max() <= 1
-    # identity matters: the same crop swapped with another face's latent changes colour
+    # identity matters: the same crop swapped with another face's embedding changes colour
     other = swapper.swap_crops(crops[:1], latents[1:2])[0]
     assert np.abs(other.astype(np.int16) - batched[0]).mean() > 5.0
 
 
 @pytest.mark.assets
-def test_gfpgan_identity_round_trip_and_blend(test_models: dict[str, Path], load_image, yunet_faces) -> None:
+def test_gfpgan_identity_round_trip_and_sharpen(
+    test_models: dict[str, Path], load_image, yunet_faces
+) -> None:
     image = load_image("pexels_man_santa_costume_716658.jpeg")
     face = yunet_faces(image)[0]
     identity = GfpganEnhancer(session(test_models["gfpgan_identity"]))
@@ -340,10 +353,8 @@ def test_gfpgan_identity_round_trip_and_blend(test_models: dict[str, Path], load
     crop, affine = warp_face(image, face.landmarks, identity.template, identity.crop_size)
     enhanced = identity.enhance_crops(crop[None])[0]
     assert np.abs(enhanced.astype(np.int16) - crop).max() <= 1
-    blended = enhancer_blend(crop, enhanced, 80)
-    assert np.abs(blended.astype(np.int16) - crop).max() <= 1
     mask = box_mask(identity.crop_size, 0.3)
-    out = paste_back(image, blended, affine, mask)
+    out = paste_back(image, enhanced, affine, mask)
     region = face_region_mask(image.shape, affine, mask)
     diff = np.abs(out.astype(np.int16) - image.astype(np.int16))
     assert (region > 0.5).sum() > 50000
@@ -354,17 +365,3 @@ def test_gfpgan_identity_round_trip_and_blend(test_models: dict[str, Path], load
         cv2.Laplacian(cv2.cvtColor(c, cv2.COLOR_BGR2GRAY), cv2.CV_32F).var() for c in (crop, sharpened)
     ]
     assert laplacian[1] > 1.5 * laplacian[0]
-    assert np.array_equal(enhancer_blend(crop, sharpened, 0), crop)
-    assert np.array_equal(enhancer_blend(crop, sharpened, 100), sharpened)
-    half = enhancer_blend(crop, sharpened, 50).astype(np.float32)
-    expected_half = (crop.astype(np.float32) + sharpened) / 2
-    assert np.abs(half - expected_half).max() <= 0.51
-
-
-def test_enhancer_blend_rejects_bad_values() -> None:
-    crop = np.zeros((8, 8, 3), np.uint8)
-    for bad in (-1, 101, 50.0, True, "50"):
-        with pytest.raises(InvalidOptionError):
-            enhancer_blend(crop, crop, bad)  # type: ignore[arg-type]
-    with pytest.raises(InvalidInputError):
-        enhancer_blend(crop, np.zeros((4, 4, 3), np.uint8), 50)

@@ -214,7 +214,7 @@ def _max_replicas(scaling: ScalingArgs) -> int:
 
 
 def _deployments(args: AppArgs) -> list[ScalingArgs]:
-    return [args.ingress, args.detector, args.swapper] + ([args.enhancer] if args.enhance else [])
+    return list(args.deployed().values())
 
 
 def _copy_inputs(dest: Path) -> Path:
@@ -365,7 +365,7 @@ def test_gpu_group_covers_every_deployment_at_max_replicas(
             need_gpus += gpus * _max_replicas(scaling)
             need_cpus += cpus * _max_replicas(scaling)
             min_gpus += gpus * (scaling.autoscaling.min_replicas if scaling.autoscaling else 1)
-    assert need_gpus == Fraction("5.2")  # 4 x 0.1 + 8 x 0.3 + 8 x 0.3 in configs/serve.yaml
+    assert need_gpus == Fraction("5.7")  # 4 x 0.1 + 4 x 0.1 + 2 x 0.05 + 8 x 0.3 + 8 x 0.3 (serve.yaml)
     assert gpu["maxReplicas"] * pod_gpus >= need_gpus
     assert gpu["maxReplicas"] * pod_cpus >= need_cpus
     assert gpu["minReplicas"] * pod_gpus >= min_gpus and gpu["minReplicas"] >= 1

@@ -31,14 +31,13 @@ httpx = pytest.importorskip("httpx")
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
-from pipeline.engine import SwapResult  # noqa: E402
 from pipeline.errors import NoFaceError  # noqa: E402
 from pipeline.options import SwapOptions  # noqa: E402
-from pipeline.profiles import PipelineConfig, build_pipeline  # noqa: E402
+from pipeline.orchestration import SwapOrchestrator, SwapResult  # noqa: E402
+from pipeline.profiles import PipelineConfig, build_models  # noqa: E402
 from pipeline.sessions import SessionConfig  # noqa: E402
 from pipeline.types import ImageBGR  # noqa: E402
 from serve_app.app import build_app  # noqa: E402
-from serve_app.deployments import FacesOutcome  # noqa: E402
 
 pytestmark = [
     pytest.mark.ray,
@@ -99,6 +98,7 @@ def tm_args(test_models: dict[str, Path]) -> dict[str, Any]:
         "intra_op_threads": 1,
         "ingress": {"num_cpus": 0, "max_upload_bytes": 2_000_000, "max_pixels": 4_000_000},
         "detector": {"num_cpus": 0},
+        "embedder": {"num_cpus": 0},
         "swapper": {
             "num_cpus": 0,
             "max_ongoing_requests": 16,
@@ -130,23 +130,34 @@ def tm(serve_url: str, tm_args: dict[str, Any]) -> str:
 
 @pytest.fixture(scope="module")
 def lite(serve_url: str) -> str:
-    """The lite profile at ``/lite``: one swap at a time on the detector, three at the ingress."""
+    """The lite profile at ``/lite``: one detector call at a time (one more queued), three swaps at the
+    ingress."""
     args = {
         "profile": "lite",
         "enhance": False,
         "use_shared_assets": False,
         "ingress": {"num_cpus": 0, "max_inflight_swaps": 3},
-        "detector": {"num_cpus": 0, "max_ongoing_requests": 1, "max_queued_requests": 2},
+        "detector": {"num_cpus": 0, "max_ongoing_requests": 1, "max_queued_requests": 1},
         "swapper": {"num_cpus": 0},
     }
     serve.run(build_app(args), name="lite", route_prefix="/lite")
     return f"{serve_url}/lite"
 
 
+class LocalSwaps:
+    """The same models and orchestration in process: what every served result must equal."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.orchestrator = SwapOrchestrator(build_models(config).ports())
+        self.components = self.orchestrator.components
+
+    def swap(self, source: ImageBGR, target: ImageBGR, options: SwapOptions | None = None) -> SwapResult:
+        return asyncio.run(self.orchestrator.swap(source, target, options))
+
+
 @pytest.fixture(scope="module")
-def local_pipeline(tm_args: dict[str, Any]):
-    """The same models in process: what every served result must equal."""
-    return build_pipeline(
+def local_pipeline(tm_args: dict[str, Any]) -> LocalSwaps:
+    return LocalSwaps(
         PipelineConfig(
             use_shared_assets=False, overrides=tm_args["overrides"], session=SessionConfig(intra_op_threads=1)
         )
@@ -164,14 +175,22 @@ TARGET = _noise(400, 560, seed=2)
 
 
 # -- test-model application ------------------------------------------------------------------------------
-def test_swap_returns_the_seed_json_shape(tm: str, http: httpx.Client, local_pipeline) -> None:
+def test_swap_returns_the_seed_json_shape(tm: str, http: httpx.Client, local_pipeline: LocalSwaps) -> None:
     response = http.post(
         f"{tm}/api/v1/swap", files=_files(SOURCE, TARGET), headers={"X-Request-ID": "req-json-1"}
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"success", "message", "result_image", "request_id", "faces_swapped", "components"}
-    assert body["success"] is True and body["message"]
+    assert set(body) == {
+        "success",
+        "message",
+        "result_image",
+        "request_id",
+        "faces_swapped",
+        "faces_processed",
+        "components",
+    }
+    assert body["success"] is True and body["message"] == "swapped 1 face"
     assert body["request_id"] == "req-json-1" == response.headers["x-request-id"]
     assert body["faces_swapped"] == 1
     assert body["components"] == local_pipeline.components
@@ -210,8 +229,7 @@ def test_image_bytes_equal_the_in_process_pipeline(
     if "enhance_output" in fields:
         options = options.with_enhance(True)
     expected = local_pipeline.swap(SOURCE, TARGET, options).image
-    assert served.shape == expected.shape
-    assert np.abs(served.astype(int) - expected).max() <= 1
+    assert np.array_equal(served, expected)  # the same orchestration on the same models: the same pixels
 
 
 def test_accept_jpeg_returns_jpeg_bytes(tm: str, http: httpx.Client) -> None:
@@ -382,7 +400,7 @@ def test_python_handle_from_the_driver(tm: str, local_pipeline) -> None:
     assert isinstance(result, SwapResult)
     expected = local_pipeline.swap(SOURCE, TARGET, SwapOptions(face_selector_mode="many"))
     assert result.faces_swapped == expected.faces_swapped == 1
-    assert np.abs(result.image.astype(int) - expected.image).max() <= 1
+    assert np.array_equal(result.image, expected.image)
     with pytest.raises(NoFaceError):
         handle.swap_images.remote(SOURCE, TARGET, {"detector_score": 0.99}).result()
 
@@ -403,7 +421,7 @@ def test_python_handle_from_another_application(tm: str, local_pipeline) -> None
     client = serve.run(SwapClient.bind("tm"), name="client", route_prefix=None)
     result = client.run.remote(SOURCE, TARGET).result()
     expected = local_pipeline.swap(SOURCE, TARGET, SwapOptions(blend_ratio=0.5)).image
-    assert np.abs(result.image.astype(int) - expected).max() <= 1
+    assert np.array_equal(result.image, expected)
     serve.delete("client")
 
 
@@ -415,15 +433,13 @@ def _enhancer_replicas() -> int:
 def test_enhancer_autoscales_to_four_quarter_gpu_replicas_on_one_gpu(tm: str, http: httpx.Client) -> None:
     assert ray.cluster_resources()["GPU"] == 1
     assert _enhancer_replicas() == 1
-    faces = serve.get_deployment_handle("FaceDetector", app_name="tm").detect.remote(TARGET).result()
-    outcome = FacesOutcome(image=TARGET, faces=faces)
+    crops = np.stack([_noise(512, 512, seed=20)] * 2)
     enhancer = serve.get_deployment_handle("FaceEnhancer", app_name="tm")
-    options = SwapOptions(frame_processors=("face_enhancer",))
     stop = threading.Event()
 
     def load() -> None:
         while not stop.is_set():
-            enhancer.enhance.remote(outcome, options).result()
+            assert enhancer.enhance.remote(crops).result().shape == crops.shape
 
     deadline = time.monotonic() + 120
     with ThreadPoolExecutor(8) as pool:
@@ -453,7 +469,7 @@ def test_lite_profile_swaps_two_real_photos(lite: str, http: httpx.Client, load_
     response = http.post(f"{lite}/api/v1/swap", files=_files(source, target), headers={"Accept": "image/png"})
     assert response.status_code == 200, response.text
     served = _decode(response.content)
-    expected = build_pipeline(PipelineConfig(profile="lite", use_shared_assets=False, enhance=False)).swap(
+    expected = LocalSwaps(PipelineConfig(profile="lite", use_shared_assets=False, enhance=False)).swap(
         source, target
     )
     assert int(response.headers["x-faces-swapped"]) == expected.faces_swapped == 1

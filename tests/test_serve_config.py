@@ -4,8 +4,6 @@ content negotiation, the error mapping, the OpenAPI document, and the model depl
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,6 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.schema import ServeDeploySchema
 from starlette.formparsers import MultiPartException
 
-from pipeline.engine import crops_for
 from pipeline.errors import (
     InvalidInputError,
     InvalidOptionError,
@@ -28,14 +25,16 @@ from pipeline.errors import (
     OverloadedError,
     UnsupportedOptionError,
 )
-from pipeline.options import SwapOptions
-from pipeline.profiles import PipelineConfig, build_pipeline
+from pipeline.inprocess import detector_info, embedder_info, enhancer_info, swapper_info
+from pipeline.options import SwapOptions, option_facts
+from pipeline.profiles import PipelineConfig, build_models
 from pipeline.sessions import SessionConfig
 from serve_app.app import build_app
 from serve_app.config import AppArgs, ModelDeploymentArgs
-from serve_app.deployments import FaceDetector, FaceEnhancer, FaceSwapper
+from serve_app.deployments import FaceDetector, FaceEmbedder, FaceEnhancer, FaceSwapper
 from serve_app.errors import InternalError, error_response, to_service_error
-from serve_app.ingress import check_supported, negotiate, openapi_spec, options_from_fields
+from serve_app.forms import negotiate, options_from_fields
+from serve_app.openapi import openapi_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,7 +107,7 @@ def test_pipeline_config_and_session_follow_the_args(tmp_path: Path) -> None:
     config = args.pipeline_config()
     assert config.models_dir == tmp_path and config.profile == "lite" and config.enhance is False
     assert config.session == SessionConfig(
-        providers=("cuda", "cpu"), intra_op_threads=3, gpu_mem_limit_mb=512
+        providers=("cuda", "cpu"), intra_op_threads=3, gpu_mem_limit_mb=512, spin=False
     )
     assert dict(config.overrides) == {"detector": "yunet_2026may"}
     assert args.profile_label == "custom"
@@ -116,23 +115,27 @@ def test_pipeline_config_and_session_follow_the_args(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["serve.yaml", "serve.local.yaml"])
-def test_serve_configs_are_valid_and_fit_their_gpus(name: str) -> None:
+def test_serve_configs_are_valid_and_fit_their_machines(name: str) -> None:
     config = yaml.safe_load((REPO / "configs" / name).read_text())
     ServeDeploySchema.model_validate(config)  # Ray's own schema for `serve run` / `serve deploy`
     (app,) = config["applications"]
     assert app["import_path"] == "serve_app.app:build_app"
     args = AppArgs.parse(app["args"])
     build_app(app["args"])
-    assert args.ingress.num_gpus == 0
-    models = [args.detector, args.swapper, args.enhancer]
-    assert all(0 < m.num_gpus < 1 for m in models)  # fractional GPUs for every model deployment
+    deployed = args.deployed()
+    assert set(deployed) == {"ingress", "detector", "embedder", "swapper", "enhancer", "landmarker"}
+    assert args.ingress.num_gpus == 0 and args.spin is False
+    models = [deployed[name] for name in ("detector", "embedder", "swapper", "enhancer", "landmarker")]
     if name == "serve.local.yaml":
-        # everything, at its maximum replica count, fits the one logical GPU of `ray start --num-gpus=1`
-        replicas = [m.autoscaling.max_replicas if m.autoscaling else (m.num_replicas or 1) for m in models]
-        assert sum(m.num_gpus * n for m, n in zip(models, replicas, strict=True)) <= 1.0
+        # a CPU-only machine: no GPU anywhere, and every replica at its maximum count fits 2 cores
+        assert all(m.num_gpus == 0 for m in deployed.values())
+        replicas = [
+            m.autoscaling.max_replicas if m.autoscaling else (m.num_replicas or 1) for m in deployed.values()
+        ]
+        assert sum(m.num_cpus * n for m, n in zip(deployed.values(), replicas, strict=True)) <= 2.0
     else:
-        # one of each model deployment fits a one-GPU worker node
-        assert sum(m.num_gpus for m in models) <= 1.0
+        assert all(0 < m.num_gpus < 1 for m in models)  # fractional GPUs for every model deployment
+        assert sum(m.num_gpus for m in models) <= 1.0  # one of each fits a one-GPU worker node
         assert args.providers == ["cuda", "cpu"] and args.profile == "full"
 
 
@@ -190,50 +193,6 @@ def test_bad_fields_are_invalid_options(fields: dict[str, str], message: str) ->
         options_from_fields(fields)
 
 
-COMPONENTS = {"profile": "custom", "detector": "d", "embedder": "e", "swapper": "s", "enhancer": "gfpgan_1.4"}
-
-
-@pytest.mark.parametrize(
-    ("options", "components", "source", "reference", "error"),
-    [
-        (SwapOptions(), COMPONENTS, False, False, InvalidInputError),
-        (
-            SwapOptions().with_enhance(True),
-            {**COMPONENTS, "enhancer": None},
-            True,
-            False,
-            UnsupportedOptionError,
-        ),
-        (SwapOptions(face_enhance_model="codeformer"), COMPONENTS, True, False, UnsupportedOptionError),
-        (
-            SwapOptions(face_selector_mode="reference"),
-            {**COMPONENTS, "embedder": None},
-            True,
-            True,
-            UnsupportedOptionError,
-        ),
-        (SwapOptions(face_selector_mode="reference"), COMPONENTS, True, False, InvalidOptionError),
-    ],
-)
-def test_unsupported_requests_fail_before_any_model_runs(
-    options: SwapOptions, components: dict, source: bool, reference: bool, error: type[Exception]
-) -> None:
-    with pytest.raises(error):
-        check_supported(options, components, has_source=source, has_reference=reference)
-
-
-def test_supported_requests_pass() -> None:
-    check_supported(
-        SwapOptions(frame_processors=("face_enhancer",)), COMPONENTS, has_source=False, has_reference=False
-    )
-    check_supported(
-        SwapOptions(face_enhance_model="gfpgan_1.4", face_selector_mode="reference").with_enhance(True),
-        COMPONENTS,
-        has_source=True,
-        has_reference=True,
-    )
-
-
 # -- errors ------------------------------------------------------------------------------------------
 def test_errors_map_to_statuses_codes_and_retry_after() -> None:
     wrapped = RayTaskError(function_name="swap", traceback_str="", cause=NoFaceError("no face found"))
@@ -266,7 +225,7 @@ def test_openapi_documents_every_option_with_its_default() -> None:
     spec = openapi_spec("/prefix")
     assert spec["openapi"] == "3.0.3" and spec["servers"] == [{"url": "/prefix"}]
     form = spec["paths"]["/api/v1/swap"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    option_names = {f.name for f in dataclasses.fields(SwapOptions)}
+    option_names = {fact.name for fact in option_facts()}
     assert set(form["properties"]) == option_names | {
         "source_image",
         "target_image",
@@ -275,8 +234,18 @@ def test_openapi_documents_every_option_with_its_default() -> None:
         "options",
     }
     defaults = SwapOptions()
-    assert form["properties"]["blend_ratio"]["default"] == defaults.blend_ratio
+    assert form["properties"]["blend_ratio"] == {
+        "type": "number",
+        "minimum": 0.0,
+        "maximum": 1.0,
+        "default": defaults.blend_ratio,
+        "description": SwapOptions.model_fields["blend_ratio"].description,
+    }
     assert form["properties"]["face_selector_mode"]["enum"] == ["one", "many", "reference"]
+    assert (
+        form["properties"]["max_faces"]["maximum"] == 64 and "default" not in form["properties"]["max_faces"]
+    )
+    assert form["properties"]["detector_score"]["minimum"] == 0.1
     assert (
         options_from_fields(
             {
@@ -291,10 +260,11 @@ def test_openapi_documents_every_option_with_its_default() -> None:
     schemas = spec["components"]["schemas"]
     success = {
         "success": True,
-        "message": "swapped 1 face(s)",
+        "message": "swapped 1 face",
         "result_image": "data:image/jpeg;base64,AA==",
         "request_id": "r",
         "faces_swapped": 1,
+        "faces_processed": 1,
         "components": {"profile": "lite", "embedder": None},
     }
     jsonschema.validate(
@@ -315,7 +285,7 @@ def _noise(height: int, width: int, seed: int) -> np.ndarray:
     return cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 3)
 
 
-def test_deployments_in_process_health_reconfigure_and_components(test_models: dict[str, Path]) -> None:
+def test_deployments_in_process_health_reconfigure_and_info(test_models: dict[str, Path]) -> None:
     """Batching itself needs a replica (Ray 2.60's @serve.batch reads the replica context); it is tested
     through a real cluster in test_serve.py."""
     overrides = {
@@ -326,13 +296,16 @@ def test_deployments_in_process_health_reconfigure_and_components(test_models: d
     }
     args = AppArgs.parse({"use_shared_assets": False, "overrides": overrides, "providers": ["cpu"]})
     detector = FaceDetector.func_or_class(args)
+    embedder = FaceEmbedder.func_or_class(args)
     swapper = FaceSwapper.func_or_class(args)
     enhancer = FaceEnhancer.func_or_class(args)
-    for deployment in (detector, swapper, enhancer):
+    for deployment in (detector, embedder, swapper, enhancer):
         deployment.check_health()  # runs each model once on a tiny input
-    merged = {**detector.components(), **swapper.components(), **enhancer.components()}
-    local = build_pipeline(PipelineConfig(use_shared_assets=False, overrides=overrides))
-    assert {"profile": "custom", **merged} == local.components
+    local = build_models(PipelineConfig(use_shared_assets=False, overrides=overrides))
+    assert detector.info() == detector_info(local.detector)
+    assert embedder.info() == embedder_info(local.embedder)
+    assert swapper.info() == swapper_info(local.swapper)
+    assert enhancer.info() == enhancer_info(local.enhancer)
     swapper.reconfigure({"max_batch_size": 4, "batch_wait_timeout_s": 0.2})
     stats = swapper.stats()
     assert (stats["max_batch_size"], stats["batch_wait_timeout_s"], stats["calls"]) == (4, 0.2, 0)
@@ -341,33 +314,14 @@ def test_deployments_in_process_health_reconfigure_and_components(test_models: d
         swapper.reconfigure({"max_batch_sizes": 4})
     with pytest.raises(ValueError, match="max_batch_size"):
         enhancer.reconfigure({"max_batch_size": 0})
-
-
-def test_swapper_selects_and_rejects_in_process(test_models: dict[str, Path]) -> None:
-    overrides = {
-        "detector": str(test_models["scrfd"]),
-        "swapper": str(test_models["inswapper_identity"]),
-        "embedder": str(test_models["arcface"]),
-    }
-    swapper = FaceSwapper.func_or_class(
-        AppArgs.parse({"use_shared_assets": False, "overrides": overrides, "enhance": False})
-    )
-    image = _noise(360, 480, seed=3)
-    with pytest.raises(NoFaceError, match="source"):
-        swapper.encode_source(image, [])
-    with pytest.raises(NoFaceError, match="reference"):
-        swapper.reference_embedding(image, [])
-    local = build_pipeline(PipelineConfig(use_shared_assets=False, overrides=overrides, enhance=False))
-    faces = local.detect(image, SwapOptions())
-    reference = swapper.reference_embedding(image, faces)
-    assert reference.shape == (512,) and abs(float(np.linalg.norm(reference)) - 1) < 1e-5
-    crops, _ = crops_for(image, faces, "arcface_112_v2", 112)
-    assert reference == pytest.approx(local.embedder.embed_crops(crops)[0], abs=1e-5)
-    with pytest.raises(NoFaceError, match="target"):
-        asyncio.run(swapper.swap(image, [], None, SwapOptions()))
-    # enhance-only requests: the swapper only selects (largest face first), nothing is swapped
-    many = faces + [dataclasses.replace(faces[0], bbox=faces[0].bbox * 0.5)]
-    outcome = asyncio.run(swapper.swap(image, many, None, SwapOptions(frame_processors=("face_enhancer",))))
-    assert outcome.image is image and len(outcome.faces) == 1 and outcome.faces[0] is faces[0]
     with pytest.raises(UnsupportedOptionError, match="enhance"):
         FaceEnhancer.func_or_class(AppArgs.parse({"use_shared_assets": False, "enhance": False}))
+
+
+def test_an_embedder_deployment_without_a_model_reports_none(tmp_path: Path) -> None:
+    args = AppArgs.parse({"models_dir": str(tmp_path), "providers": ["cpu"]})
+    embedder = FaceEmbedder.func_or_class(args)
+    assert embedder.info() is None
+    embedder.check_health()
+    assert AppArgs.parse({"profile": "lite"}).has_embedder is False
+    assert "embedder" not in AppArgs.parse({"profile": "lite"}).deployed()

@@ -39,7 +39,8 @@ class Embedder(Protocol):
 
 class Swapper(Protocol):
     """Replaces the identity of aligned target crops with one identity per crop, of kind ``identity``
-    (see :data:`pipeline.ports.IdentityKind`; ``identity_dim`` is the embedding length for ``embedding``)."""
+    (see :data:`pipeline.identities.IdentityKind`; ``identity_dim``: the embedding length, for
+    ``embedding``)."""
 
     name: str
     template: str
@@ -50,6 +51,19 @@ class Swapper(Protocol):
     def swap_crops(self, crops: CropsBGR, identities: np.ndarray) -> CropsBGR | tuple[CropsBGR, Masks]:
         """(N, S, S, 3) BGR target crops, N identities -> (N, S, S, 3) BGR swapped crops, optionally with
         (N, S, S) float32 masks of where the swap applies."""
+        ...
+
+
+class Landmarker(Protocol):
+    """Dense landmarks of aligned face crops."""
+
+    name: str
+    template: str
+    crop_size: int
+    points: int
+
+    def landmarks(self, crops: CropsBGR) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """(N, S, S, 3) BGR crops -> ((N, P, 2) float32 crop pixels, (N,) float32 face scores)."""
         ...
 
 

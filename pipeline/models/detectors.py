@@ -1,4 +1,4 @@
-"""Face detectors with 5 landmarks: SCRFD (InsightFace), YuNet (OpenCV Zoo) and the classical Haar cascade.
+"""Face detectors with 5 landmarks: SCRFD (InsightFace) and YuNet (OpenCV Zoo).
 
 Every detector implements :class:`pipeline.models.base.Detector`: ``detect(image)`` takes an
 ``ImageBGR`` and returns :class:`~pipeline.types.Face` objects in image pixels, best score first.
@@ -12,7 +12,6 @@ The ONNX detectors get their ``onnxruntime.InferenceSession`` injected (built by
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 
 import cv2
@@ -21,15 +20,13 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from pipeline.canvas import CanvasSpec, check_image, faces_to_image, make_canvas, pad_canvas
-from pipeline.errors import InvalidOptionError, ModelContractError, ModelNotFoundError
-from pipeline.geometry import TEMPLATES
-from pipeline.types import Face, ImageBGR, Landmarks5
+from pipeline.errors import InvalidOptionError, ModelContractError
+from pipeline.types import Face, ImageBGR
 
 log = logging.getLogger(__name__)
 
 STRIDES = (8, 16, 32)
-HAAR_CANVAS_SIDE = 1280
-"""The Haar cascades scan images shrunk to at most this long side (faces of 40 px and up)."""
+
 """Feature-map strides shared by SCRFD and YuNet."""
 
 FloatArray = npt.NDArray[np.float32]
@@ -403,169 +400,8 @@ class YunetDetector(CanvasDetector):
         )
 
 
-# ---------------------------------------------------------------------------------------------- Haar
-def _similarity_from_two(src: FloatArray, dst: FloatArray) -> tuple[complex, complex]:
-    """The similarity z -> a*z + b (as complex numbers) taking the two points ``src`` (2, 2) to ``dst``."""
-    s0, s1 = complex(*src[0]), complex(*src[1])
-    d0, d1 = complex(*dst[0]), complex(*dst[1])
-    a = (d1 - d0) / (s1 - s0)
-    return a, d0 - a * s0
-
-
-class HaarDetector(CanvasDetector):
-    """The classical ``lite`` detector: OpenCV's bundled Haar cascades, no download, no ONNX.
-
-    Faces: ``haarcascade_frontalface_default.xml`` on the histogram-equalised grey image. Landmarks:
-    ``haarcascade_eye.xml`` inside the upper half of each face box; the best pair (highest summed
-    cascade weight among one eye in each half of the box, at about the same height and a plausible
-    distance) gives the two eyes, image-left first, and the similarity taking the ArcFace template's
-    eyes (``TEMPLATES["arcface_112_v2"]``) onto them places nose and mouth corners. Without an eye pair
-    all 5 points are the template stretched over the face box.
-
-    Score: ``detectMultiScale3`` reports per face the final-stage sum ``w`` of the best window in its
-    group; every accepted window has ``w >= t`` with ``t`` the last stage threshold. The margin
-    ``m = max(w - t, 0)`` maps to ``score = 1 - exp(-m / 5)`` in [0, 1): 0 for a face that just
-    passed, about 0.42 for a margin of 2.7 (the weakest real face in the group photo), about 0.9 for a
-    margin of 11 (clear frontal faces).
-
-    Not re-entrant per instance in OpenCV, so calls on one instance are serialised with a lock.
-    """
-
-    score_margin_scale = 5.0
-    scale_factor = 1.1
-    min_neighbors = 5
-
-    def __init__(
-        self,
-        *,
-        min_face: int = 40,
-        score_threshold: float = 0.2,
-        nms_threshold: float = 0.3,
-        name: str = "haar",
-    ) -> None:
-        if int(min_face) != min_face or min_face < 20:
-            raise InvalidOptionError(f"{name}: min_face must be an integer >= 20 pixels, got {min_face}")
-        self.name = name
-        self.canvas = CanvasSpec(HAAR_CANVAS_SIDE, HAAR_CANVAS_SIDE, upscale=False)
-        self.min_face = int(min_face)
-        self.score_threshold = _check_threshold(score_threshold, "score_threshold")
-        self.nms_threshold = _check_threshold(nms_threshold, "nms_threshold")
-        self._faces = self._load("haarcascade_frontalface_default.xml")
-        self._eyes = self._load("haarcascade_eye.xml")
-        self._last_stage_threshold = self._read_last_stage_threshold("haarcascade_frontalface_default.xml")
-        self._lock = threading.Lock()
-        self._template: FloatArray = TEMPLATES["arcface_112_v2"].astype(np.float32)
-
-    @staticmethod
-    def _path(file_name: str) -> str:
-        return str(cv2.data.haarcascades) + file_name  # type: ignore[attr-defined]
-
-    def _load(self, file_name: str) -> cv2.CascadeClassifier:
-        cascade = cv2.CascadeClassifier(self._path(file_name))
-        if cascade.empty():
-            raise ModelNotFoundError(
-                f"{self.name}: OpenCV's bundled {file_name} is missing at {self._path(file_name)} "
-                f"(opencv-python 4.x ships it; OpenCV {cv2.__version__} is installed)"
-            )
-        return cascade
-
-    def _read_last_stage_threshold(self, file_name: str) -> float:
-        storage = cv2.FileStorage(self._path(file_name), cv2.FILE_STORAGE_READ)
-        try:
-            stages = storage.getNode("cascade").getNode("stages")
-            if stages.empty() or stages.size() == 0:
-                raise ModelNotFoundError(f"{self.name}: {file_name} has no stages")
-            return float(stages.at(stages.size() - 1).getNode("stageThreshold").real())
-        finally:
-            storage.release()
-
-    def detect_canvas(self, canvas: ImageBGR, score_threshold: float | None = None) -> list[Face]:
-        threshold = self._threshold(score_threshold)
-        check_image(canvas)
-        grey = cv2.equalizeHist(cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY))
-        with self._lock:
-            found, _, weights = self._faces.detectMultiScale3(
-                grey,
-                scaleFactor=self.scale_factor,
-                minNeighbors=self.min_neighbors,
-                minSize=(self.min_face, self.min_face),
-                outputRejectLevels=True,
-            )
-            if len(found) == 0:
-                return []
-            rects = np.asarray(found, np.float32).reshape(-1, 4)
-            margins = np.maximum(
-                np.asarray(weights, np.float64).reshape(-1) - self._last_stage_threshold, 0.0
-            )
-            scores = (1.0 - np.exp(-margins / self.score_margin_scale)).astype(np.float32)
-            boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1)
-            faces = []
-            for i in nms(boxes, scores, self.nms_threshold):
-                if scores[i] < threshold:
-                    continue
-                faces.append(
-                    Face(
-                        bbox=boxes[i].copy(),
-                        landmarks=self._landmarks(grey, boxes[i]),
-                        score=float(scores[i]),
-                    )
-                )
-        return faces
-
-    def _landmarks(self, grey: np.ndarray, box: FloatArray) -> Landmarks5:
-        """5 points for the face ``box`` (x1, y1, x2, y2) in ``grey`` (H, W) uint8 image pixels."""
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        side = x2 - x1
-        eyes = self._eye_pair(grey[y1 : y1 + (y2 - y1) // 2, x1:x2], side)
-        if eyes is None:
-            origin = np.array([x1, y1], np.float32)
-            extent = np.array([x2 - x1, y2 - y1], np.float32)
-            return (origin + self._template * extent).astype(np.float32)
-        eyes = eyes + np.array([x1, y1], np.float32)
-        a, b = _similarity_from_two(self._template[:2], eyes)
-        mapped = [a * complex(*p) + b for p in self._template]
-        points = np.array([[z.real, z.imag] for z in mapped], np.float32)
-        points[:2] = eyes
-        return points
-
-    def _eye_pair(self, region: np.ndarray, side: int) -> FloatArray | None:
-        """Eye centres (2, 2) in ``region`` pixels (the upper half of a face box of width ``side``),
-        image-left first, or None without a plausible pair."""
-        if region.size == 0:
-            return None
-        min_eye = max(5, side // 10)
-        max_eye = max(min_eye + 1, side // 3)
-        found, _, found_weights = self._eyes.detectMultiScale3(
-            region,
-            scaleFactor=1.05,
-            minNeighbors=3,
-            minSize=(min_eye, min_eye),
-            maxSize=(max_eye, max_eye),
-            outputRejectLevels=True,
-        )
-        if len(found) < 2:
-            return None
-        rects = np.asarray(found, np.float32).reshape(-1, 4)
-        centres = rects[:, :2] + rects[:, 2:] / 2.0
-        weights = np.asarray(found_weights, np.float64).reshape(-1)
-        mid = side / 2.0
-        best: tuple[float, int, int] | None = None
-        for i in np.flatnonzero(centres[:, 0] < mid):
-            for j in np.flatnonzero(centres[:, 0] >= mid):
-                dx, dy = centres[j] - centres[i]
-                if not (0.2 * side <= dx <= 0.65 * side and abs(dy) <= 0.15 * side):
-                    continue
-                total = float(weights[i] + weights[j])
-                if best is None or total > best[0]:
-                    best = (total, int(i), int(j))
-        if best is None:
-            return None
-        return centres[[best[1], best[2]]].astype(np.float32)
-
-
 __all__ = [
     "STRIDES",
-    "HaarDetector",
     "ScrfdDetector",
     "YunetDetector",
     "distance2bbox",

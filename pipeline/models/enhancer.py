@@ -1,28 +1,14 @@
-"""GFPGAN 1.4 face restoration on aligned 512x512 FFHQ crops, and FaceFusion's enhancer blend."""
+"""GFPGAN 1.4 face restoration on aligned 512x512 FFHQ crops (``face_enhancer_blend`` is applied to the
+whole frame by the orchestration, as FaceFusion does)."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
 
-from pipeline.errors import InvalidInputError, InvalidOptionError, ModelContractError
-from pipeline.geometry import blend as blend_images
+from pipeline.errors import ModelContractError
 from pipeline.models.onnx_io import batch_axis, check_crops, run_batched
-from pipeline.types import CropsBGR, ImageBGR
-
-
-def enhancer_blend(original_crop: ImageBGR, enhanced_crop: ImageBGR, blend: int) -> ImageBGR:
-    """FaceFusion ``face_enhancer_blend``: ``blend`` 0 keeps ``original_crop``, 100 gives
-    ``enhanced_crop``; linear in between. Both (S, S, 3) BGR uint8 (or any equal uint8 shape)."""
-    if isinstance(blend, bool) or not isinstance(blend, int | np.integer):
-        raise InvalidOptionError(f"face_enhancer_blend must be an integer 0..100, got {blend!r}")
-    if not 0 <= blend <= 100:
-        raise InvalidOptionError(f"face_enhancer_blend must be in [0, 100], got {blend}")
-    if original_crop.shape != enhanced_crop.shape:
-        raise InvalidInputError(
-            f"enhancer_blend: crops differ in shape, {original_crop.shape} vs {enhanced_crop.shape}"
-        )
-    return blend_images(original_crop, enhanced_crop, int(blend) / 100.0)
+from pipeline.types import CropsBGR
 
 
 class GfpganEnhancer:

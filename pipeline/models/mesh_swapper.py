@@ -1,0 +1,204 @@
+"""Classical (no-download) face swapper on MediaPipe's face mesh.
+
+For each aligned target crop and the source face aligned the same way:
+1. find both meshes (:class:`~pipeline.models.landmarker.FaceMeshLandmarker`);
+2. warp the source face triangle by triangle onto the target's mesh (its inner points moved part of the
+   way to the source's proportions), at the crop's full resolution;
+3. match its skin tone to the target's (LAB, measured on the skin below the brows);
+4. clone it into the target with Poisson blending (``cv2.seamlessClone``), so no colour step and no hard
+   edge remains at the outline. Above the brows only what looks like skin in both faces is swapped, so
+   hair and hats over the forehead stay the target's and never come along from the source.
+The returned mask (that region, feathered inward) is where the result replaces the target.
+
+Crop: ``ffhq_512`` at 512 px. FFHQ alignment holds the whole face with a margin (the mesh spans about
+55% of the side, about 280 px at 512), and it is the alignment the landmarker wants (scaled to 192). A
+face up to about 280 px across (eye to eye about 125 px) is therefore not downsampled at all; the shared
+photos' faces are 90-440 px wide, so only the largest lose detail, against 128 px for the classical swapper.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.errors import InvalidInputError, InvalidOptionError
+from pipeline.geometry import template_points
+from pipeline.mesh import (
+    FACE_OVAL,
+    LEFT_EYEBROW,
+    MESH_POINTS,
+    REGIONS,
+    RIGHT_EYEBROW,
+    face_mesh_triangles,
+    feather_inward,
+    hull_mask,
+    piecewise_affine_warp,
+    region_labels,
+)
+from pipeline.models.landmarker import FaceMeshLandmarker
+from pipeline.types import CropsBGR, ImageBGR, Mask
+
+_BROWS = list(LEFT_EYEBROW + RIGHT_EYEBROW)
+_SKIN_LABELS = (REGIONS.index("skin") + 1, REGIONS.index("nose") + 1)
+_HAIR_MARGIN = 0.03
+"""How far (fraction of the crop side) the swap keeps away from hair or a hat above the brows."""
+
+
+def skin_like(image: ImageBGR, sample: npt.NDArray[np.bool_], limit: float = 3.0) -> npt.NDArray[np.bool_]:
+    """(H, W) bool: pixels of ``image`` ((H, W, 3) uint8 BGR) whose LAB colour lies within ``limit``
+    robust standard deviations (1.4826 x the median absolute deviation, per channel, Euclidean over the
+    channels) of the median colour over ``sample`` ((H, W) bool, some of the face's skin)."""
+    lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB).astype(np.float32)
+    values = lab[sample]
+    median = np.median(values, axis=0)
+    spread = np.maximum(1.4826 * np.median(np.abs(values - median), axis=0), 1.0)
+    return np.asarray(np.sqrt((((lab - median) / spread) ** 2).sum(axis=2)) < limit)
+
+
+def match_skin_tone(
+    source: ImageBGR, target: ImageBGR, source_skin: npt.NDArray[np.bool_], target_skin: npt.NDArray[np.bool_]
+) -> ImageBGR:
+    """``source`` ((H, W, 3) uint8 BGR) recoloured to ``target``'s skin tone, in float LAB: lightness
+    gets the target's mean and standard deviation over the skin masks (the scale clipped to [0.5, 2]),
+    the two colour channels only the target's mean. Scaling the colour channels too would amplify the
+    source's blemishes whenever the target's skin is more even (red lips and make-up widen its spread)."""
+    src = cv2.cvtColor(source.astype(np.float32) / np.float32(255.0), cv2.COLOR_BGR2LAB)
+    ref = cv2.cvtColor(target.astype(np.float32) / np.float32(255.0), cv2.COLOR_BGR2LAB)
+    src_values, ref_values = src[source_skin], ref[target_skin]
+    src_mean, ref_mean = src_values.mean(axis=0), ref_values.mean(axis=0)
+    ratio = ref_values.std(axis=0) / np.maximum(src_values.std(axis=0), 1e-3)
+    scale = np.clip(ratio, 0.5, [2.0, 1.0, 1.0]).astype(np.float32)
+    lab = ((src - src_mean) * scale + ref_mean).astype(np.float32)
+    return np.clip(np.rint(cv2.cvtColor(lab, cv2.COLOR_LAB2BGR) * 255.0), 0, 255).astype(np.uint8)
+
+
+def largest_part(region: npt.NDArray[np.bool_], radius: int) -> npt.NDArray[np.bool_]:
+    """``region`` ((H, W) bool) opened then closed with a disc of ``radius`` px, keeping only its
+    largest 8-connected part (all False when nothing is left)."""
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    opened = cv2.morphologyEx(region.astype(np.uint8), cv2.MORPH_OPEN, disc)
+    closed = cv2.morphologyEx(opened, cv2.MORPH_CLOSE, disc)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8)
+    if count <= 1:
+        return np.zeros(region.shape, bool)
+    return np.asarray(labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])))
+
+
+class MeshSwapper:
+    """Crop-level swapper: ``swap_crops(target crops, aligned source crops) -> (swapped crops, masks)``.
+
+    ``landmarker``: the face mesh; its ``template`` must equal ``template`` so its landmarks land in
+    these crops. ``shape_transfer`` in [0, 1]: how far the inner face (every mesh point off the face
+    oval) takes the source's proportions instead of the target's; the oval always follows the target so
+    the clone fits the target's outline. ``forehead`` in [0, 1]: how much of the forehead above the brows
+    may be swapped (the mesh reaches mid-forehead). ``feather``: width of the mask's soft inner edge as a
+    fraction of the crop side. Deterministic: the same crops give the same bytes.
+    """
+
+    identity = "crop"
+    """The source face itself, aligned like the target crops."""
+    identity_dim = None
+
+    def __init__(
+        self,
+        landmarker: FaceMeshLandmarker,
+        *,
+        name: str = "mesh_classical",
+        template: str = "ffhq_512",
+        crop_size: int = 512,
+        shape_transfer: float = 1.0,
+        forehead: float = 0.5,
+        feather: float = 0.03,
+    ) -> None:
+        template_points(template, crop_size)  # validates template and crop_size
+        if landmarker.template != template:
+            raise InvalidOptionError(
+                f"{name}: landmarker {landmarker.name!r} takes {landmarker.template!r} crops, "
+                f"not {template!r}"
+            )
+        for what, value in (("shape_transfer", shape_transfer), ("forehead", forehead)):
+            if not 0.0 <= value <= 1.0:
+                raise InvalidOptionError(f"{name}: {what} must be in [0, 1], got {value}")
+        if not 0.0 < feather < 0.5:
+            raise InvalidOptionError(f"{name}: feather must be in (0, 0.5), got {feather}")
+        self.name = name
+        self.template = template
+        self.crop_size = crop_size
+        self._landmarker = landmarker
+        self._shape_transfer = np.float32(shape_transfer)
+        self._forehead = np.float32(forehead)
+        self._feather_px = feather * crop_size
+        self._triangles = face_mesh_triangles()
+        inner = np.ones(MESH_POINTS, bool)
+        inner[list(FACE_OVAL)] = False
+        self._inner = inner
+        """(468,) bool: the mesh points that move with ``shape_transfer``."""
+
+    def swap_crops(self, crops: CropsBGR, identities: CropsBGR) -> tuple[CropsBGR, npt.NDArray[np.float32]]:
+        """(N, S, S, 3) uint8 BGR target crops and (N, S, S, 3) uint8 BGR source crops, both aligned to
+        ``template`` at ``crop_size`` -> ((N, S, S, 3) uint8 BGR swapped crops, (N, S, S) float32 masks in
+        [0, 1]). Where a mask is 0 the crop is the target's, byte for byte."""
+        s = self.crop_size
+        for what, array in (("crops", crops), ("identities", identities)):
+            if array.ndim != 4 or array.shape[1:] != (s, s, 3) or array.dtype != np.uint8:
+                raise InvalidInputError(
+                    f"{self.name}: {what} must be (N, {s}, {s}, 3) uint8, got {array.shape} {array.dtype}"
+                )
+        if len(identities) != len(crops):
+            raise InvalidInputError(f"{self.name}: {len(crops)} crops but {len(identities)} identities")
+        out = crops.copy()
+        masks = np.zeros((len(crops), s, s), np.float32)
+        if len(crops) == 0:
+            return out, masks
+        meshes, _ = self._landmarker.landmarks(np.concatenate([crops, identities]))
+        for i, (target, source) in enumerate(zip(crops, identities, strict=True)):
+            out[i], masks[i] = self._swap_one(target, source, meshes[i], meshes[len(crops) + i])
+        return out, masks
+
+    def _destination(self, target_mesh: np.ndarray, source_mesh: np.ndarray) -> npt.NDArray[np.float32]:
+        """(468, 2) float32: the target mesh, its inner points moved ``shape_transfer`` of the way to the
+        source mesh fitted onto it by a similarity."""
+        fit, _ = cv2.estimateAffinePartial2D(source_mesh, target_mesh, method=cv2.LMEDS)
+        fitted = source_mesh @ fit[:, :2].T + fit[:, 2]
+        moved = target_mesh + self._shape_transfer * (fitted - target_mesh)
+        return np.where(self._inner[:, None], moved, target_mesh).astype(np.float32)
+
+    def _region(self, mesh: np.ndarray, brows: int, covered: Mask) -> npt.NDArray[np.bool_]:
+        """(S, S) bool: the hull of the face oval of ``mesh`` with its part above ``brows`` (row) lowered
+        to ``forehead`` of its height, where the warp ``covered`` the crop."""
+        oval = mesh[list(FACE_OVAL)].copy()
+        above = oval[:, 1] < brows
+        oval[above, 1] = brows - self._forehead * (brows - oval[above, 1])
+        return (hull_mask(oval, (self.crop_size, self.crop_size)) * covered) > 0
+
+    def _swap_one(
+        self, target: ImageBGR, source: ImageBGR, target_mesh: np.ndarray, source_mesh: np.ndarray
+    ) -> tuple[ImageBGR, Mask]:
+        s = self.crop_size
+        destination = self._destination(target_mesh, source_mesh)
+        warped, covered = piecewise_affine_warp(source, source_mesh, destination, self._triangles, (s, s))
+        brows = max(0, int(destination[_BROWS, 1].min()))
+        skin = np.isin(region_labels(destination, (s, s)), _SKIN_LABELS)
+        skin[:brows] = False
+        target_skin = np.isin(region_labels(target_mesh, (s, s)), _SKIN_LABELS)
+        target_skin[:brows] = False
+        region = self._region(destination, brows, covered)
+        if not skin.any() or not target_skin.any() or not region.any():
+            return target.copy(), np.zeros((s, s), np.float32)
+        # above the brows swap only skin (in both faces), kept well away from any hair or hat edge.
+        other = ~(skin_like(warped, skin) & skin_like(target, target_skin))
+        other[brows:] = False
+        reach = 2 * round(s * _HAIR_MARGIN) + 1
+        region &= cv2.dilate(other.astype(np.uint8), np.ones((reach, reach), np.uint8)) == 0
+        region = largest_part(region, max(1, round(s * 0.01)))
+        # seamlessClone needs the mask off the crop's border.
+        region[:2], region[-2:], region[:, :2], region[:, -2:] = False, False, False, False
+        mask = feather_inward(region, self._feather_px)
+        if not mask.any():
+            return target.copy(), np.zeros((s, s), np.float32)
+        toned = match_skin_tone(warped, target, skin, target_skin)
+        clone_mask = region.astype(np.uint8) * 255
+        x, y, w, h = cv2.boundingRect(clone_mask)
+        cloned = cv2.seamlessClone(toned, target, clone_mask, (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
+        return np.where(mask[..., None] > 0, cloned, target), mask
