@@ -47,7 +47,7 @@ from pipeline.options import SwapOptions
 from pipeline.ports import Ports
 from pipeline.profiles import build_models
 from pipeline.provenance import read_video_label
-from pipeline.video import probe_video, read_frames
+from pipeline.video import VideoLimits, probe_video, read_frames
 from serve_app.auth import key_id
 from serve_app.config import AppArgs
 from serve_app.forms import options_from_fields
@@ -433,6 +433,16 @@ def test_store_files_and_indexes(tmp_path: Path) -> None:
     assert queue is not None and queue.position(ids[2]) == 1 and queue.position(ids[0]) is None
 
 
+def test_each_application_has_its_own_part_of_a_store(tmp_path: Path) -> None:
+    plain, odd = JobStore.from_uri(str(tmp_path), "faceswap"), JobStore.from_uri(str(tmp_path), "a/../b")
+    assert plain.root == f"{tmp_path}/faceswap" and plain.node_local
+    assert odd.root.startswith(f"{tmp_path}/app-") and "/" not in odd.root.removeprefix(f"{tmp_path}/")
+    shared = JobStore.from_uri(f"file://{tmp_path}?x=1", "faceswap")
+    assert shared.root == f"{tmp_path}/faceswap" and not shared.node_local
+    spec = _submit(plain)
+    assert set(os.listdir(tmp_path / "faceswap")) == {ACTIVE_DIR, spec.task_id}
+
+
 # -- the task view ----------------------------------------------------------------------------------------
 def test_the_task_view_takes_each_writer_in_its_precedence() -> None:
     spec = _spec()
@@ -489,6 +499,17 @@ def test_jobs_start_in_order_within_the_cluster_and_key_limits(leader) -> None:
         control is not None and control.outcome == "completed" and control.expires_at == clock.now - 1 + 3600
     )
     assert b1.task_id not in store.active() and [e.task_id for e in store.expiries()] == [b1.task_id]
+
+
+def test_an_idle_leader_writes_nothing_and_clears_a_stale_queue(leader) -> None:
+    store, manager, runners, clock = leader
+    assert manager.reconcile() == ReconcileReport(
+        states={"queued": 0, "running": 0, "completed": 0, "failed": 0}
+    )
+    assert list(Path(store.root).iterdir()) == []  # an unused store stays empty
+    store.write_queue(QueueSnapshot(updated_at=1.0, waiting=[new_task_id()], pending_by_owner={"A": 9}))
+    JobManager(store, _args(str(store.root)).jobs, runners, clock).reconcile()  # the next leader's first pass
+    assert store.read_queue() == QueueSnapshot(updated_at=clock.now)
 
 
 def test_a_pass_reads_only_the_indexes_of_active_jobs(leader, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -869,9 +890,9 @@ def small_video() -> bytes:
 
 
 def _check(files: dict[str, bytes], **limits: Any) -> Any:
-    values = {"max_image_bytes": 1_000_000, "max_pixels": 4_000_000, "max_duration_s": 10.0, **limits}
-    values.setdefault("max_frame_pixels", values["max_pixels"])
-    return check_uploads({k: io.BytesIO(v) for k, v in files.items()}, **values)
+    video = VideoLimits(limits.pop("max_duration_s", 10.0), limits.pop("max_frame_pixels", 4_000_000))
+    values = {"max_image_bytes": 1_000_000, "max_pixels": 4_000_000, **limits}
+    return check_uploads({k: io.BytesIO(v) for k, v in files.items()}, limits=video, **values)
 
 
 def test_upload_checks_accept_a_video_and_name_the_stored_files(small_video: bytes) -> None:
@@ -1065,6 +1086,24 @@ def test_a_store_on_one_node_is_refused_with_several_ingress_replicas(ingress: d
         AppArgs.parse({"ingress": ingress, "jobs": {"store_uri": "/var/lib/faceswap-jobs"}})
     for shared in ("s3://bucket/jobs?region=eu-west-1", "file:///mnt/shared/jobs"):
         assert AppArgs.parse({"ingress": ingress, "jobs": {"store_uri": shared}}).jobs.store_uri == shared
+
+
+def test_a_store_on_one_node_is_refused_on_a_cluster_of_several(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check a replica makes when it starts: the config cannot know the cluster's nodes."""
+    import serve_app.jobs.service as service_module
+
+    async def check_options(texts: Any, has_reference: bool) -> SwapOptions:
+        return options_from_fields(texts)
+
+    nodes = [{"Alive": True}, {"Alive": True}, {"Alive": False}]
+    monkeypatch.setattr(service_module.ray, "nodes", lambda: nodes)
+    with pytest.raises(InvalidOptionError, match="this Ray cluster has 2 nodes"):
+        JobService(_args(str(tmp_path)), check_options)
+    service_module.check_one_node(_args(f"file://{tmp_path}").jobs)  # a shared filesystem is fine anywhere
+    nodes.pop(0)
+    service_module.check_one_node(_args(str(tmp_path)).jobs)
 
 
 @pytest.mark.parametrize(
@@ -1266,7 +1305,7 @@ def test_a_real_clip_runs_on_the_served_models_for_its_key_until_retention(
     _poll_runner_gone(task_id, 1)  # the runner exits when its attempt ends
     # retention: gone with its files RETENTION_S after it finished
     _poll(http, app, KEY_A, task_id, lambda t: t["status"] == "gone")
-    assert not (store_dir / task_id).exists()
+    assert not (store_dir / APP / task_id).exists()
 
 
 @pytest.mark.ray
@@ -1285,12 +1324,14 @@ def test_delete_cancels_a_queued_and_a_running_job(app: str, http: httpx.Client,
         "deleted": False,
     }
     _poll(http, app, KEY_B, second, lambda t: t["status"] == "gone")
-    assert not (store_dir / second).exists()
+    assert not (store_dir / APP / second).exists()
     running = _poll(http, app, KEY_B, first, lambda t: t["status"] != "queued")
     assert running["status"] == "running" and _runner_alive(first, 1), running
     assert http.delete(f"{app}/api/v1/tasks/{first}", headers=_auth(KEY_B)).json()["status"] == "cancelled"
     _poll(http, app, KEY_B, first, lambda t: t["status"] == "gone")
-    assert not _runner_alive(first, 1) and not (store_dir / first).exists()  # stopped before the deletion
+    assert (
+        not _runner_alive(first, 1) and not (store_dir / APP / first).exists()
+    )  # stopped before the deletion
 
 
 @pytest.mark.ray
@@ -1327,6 +1368,26 @@ def test_lying_containers_fail_their_jobs_with_a_client_error(app: str, http: ht
         _assert_error(
             http.get(f"{app}/api/v1/tasks/{task_id}/result", headers=_auth(key)), 409, "not_finished"
         )
+
+
+@pytest.mark.ray
+def test_one_replica_at_a_time_holds_the_jobs_lease(serve_url: str) -> None:
+    """The lease on real Ray: held by one holder, taken by another once the first is gone."""
+    from serve_app.jobs.launcher import RayLease
+
+    first, second = RayLease("s3://bucket/lease-test", "a"), RayLease("s3://bucket/lease-test", "a")
+    assert first.hold() and not second.hold() and first.hold()
+    others = [RayLease("s3://bucket/another-store", "a"), RayLease("s3://bucket/lease-test", "b")]
+    assert all(other.hold() for other in others)  # one leader per store and application
+    for other in others:
+        other.release()
+    first.release()  # what the replica's death does to the actor it owns
+    deadline = time.monotonic() + 30
+    while not second.hold():
+        assert time.monotonic() < deadline, "the lease was not free after its holder went"
+        time.sleep(0.25)
+    assert not first.hold()
+    second.release()
 
 
 @pytest.mark.ray
@@ -1392,13 +1453,13 @@ def test_bad_uploads_are_json_errors_and_queue_nothing(
     files = {"source_image": ("s.png", source, "image/png")}
     if video is not None:
         files["target_video"] = named[video] if isinstance(video, str) else video
-    before = _job_entries(store_dir)
+    before = _job_entries(store_dir / APP)
     response = http.post(f"{app}/api/v1/jobs", files=files, data=data, headers=_auth(KEY_A))
     _assert_error(response, status, code)
-    assert _job_entries(store_dir) <= before  # no job folder and no active marker left behind
+    assert _job_entries(store_dir / APP) <= before  # no job folder and no active marker left behind
 
 
 def _job_entries(store_dir: Path) -> set[str]:
     """The job folders and active markers in the store."""
-    folders = {p.name for p in store_dir.iterdir() if p.is_dir() and len(p.name) == 32}
+    folders = {p.name for p in store_dir.glob("*") if p.is_dir() and len(p.name) == 32}
     return folders | {f"active/{p.name}" for p in (store_dir / ACTIVE_DIR).glob("*")}

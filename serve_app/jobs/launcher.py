@@ -4,9 +4,9 @@ jobs leader. Both are Protocols so the leader's logic runs in tests without Ray 
 - :class:`RayRunners`: each attempt of a job is a named, detached :class:`~serve_app.jobs.runner.JobRunner`
   actor (``faceswap-job-<task id>-<attempt>`` in the ``faceswap-jobs`` namespace). Creating the actor
   under its name is the claim on the attempt. With a store on one node's disk, runners are pinned there.
-- :class:`RayLease`: the leader holds a small named actor (``faceswap-jobs-leader-<store digest>``) that it
+- :class:`RayLease`: the leader holds a small named actor (``faceswap-jobs-leader-<digest>``) that it
   owns, so the actor, and with it the name, goes when the leader's replica goes; another replica then
-  creates it and leads. One leader per job store in the cluster.
+  creates it and leads. One leader per job store and application in the cluster.
 """
 
 from __future__ import annotations
@@ -105,17 +105,19 @@ class _LeaseHolder:
         return True
 
 
-def lease_name(store_uri: str) -> str:
-    """The lease of the jobs in ``store_uri``: one leader per store."""
-    return f"faceswap-jobs-leader-{hashlib.sha256(store_uri.encode()).hexdigest()[:16]}"
+def lease_name(store_uri: str, app_name: str) -> str:
+    """The lease of application ``app_name``'s jobs in ``store_uri``: one leader per store and application."""
+    digest = hashlib.sha256(f"{store_uri}\n{app_name}".encode()).hexdigest()[:16]
+    return f"faceswap-jobs-leader-{digest}"
 
 
 class RayLease:
     """The jobs leadership as a named actor owned by this process (not detached: it dies with us)."""
 
-    def __init__(self, store_uri: str) -> None:
-        self._name = lease_name(store_uri)
+    def __init__(self, store_uri: str, app_name: str) -> None:
+        self._name = lease_name(store_uri, app_name)
         self._holder: Any = None
+        self._holder_class = ray.remote(_LeaseHolder)
 
     def hold(self) -> bool:
         if self._holder is not None:
@@ -125,12 +127,15 @@ class RayLease:
                 log.warning("jobs lease %s lost (%s)", self._name, type(exc).__name__)
                 self.release()
         try:
-            self._holder = (
-                ray.remote(_LeaseHolder)
-                .options(name=self._name, namespace=RUNNER_NAMESPACE, num_cpus=0, max_restarts=0)
-                .remote()
-            )
-        except ValueError:  # another replica leads
+            ray.get_actor(self._name, namespace=RUNNER_NAMESPACE)
+            return False  # another replica leads
+        except ValueError:
+            pass
+        try:
+            self._holder = self._holder_class.options(
+                name=self._name, namespace=RUNNER_NAMESPACE, num_cpus=0, max_restarts=0
+            ).remote()
+        except ValueError:  # another replica took it first
             return False
         log.info("this replica now leads the video jobs (%s)", self._name)
         return True

@@ -351,8 +351,9 @@ class JobManager:
             waiting=[job.task_id for job in self._waiting()],
             pending_by_owner=dict(Counter(owner_key(job.spec.owner) for job in self._jobs.values())),
         )
-        same = {"updated_at": snapshot.updated_at}
-        if self._queue is None or self._queue.model_copy(update=same) != snapshot:
+        if self._queue is None:  # first pass: what an earlier leader left (None: no file, an empty queue)
+            self._queue = self._store.read_queue() or QueueSnapshot(updated_at=now)
+        if self._queue.model_copy(update={"updated_at": now}) != snapshot:
             self._store.write_queue(snapshot)
             self._queue = snapshot
 

@@ -278,7 +278,7 @@ def task_view(
         frames_done, frames_total = source.frames_done, source.frames_total
         progress = 1.0 if source.outcome == "completed" else 0.0
     completed = status == "completed"
-    updated = [t for t in (spec.created_at, control.updated_at, report and report.updated_at) if t]
+    updated = [spec.created_at, control.updated_at or 0.0, report.updated_at if report is not None else 0.0]
     return {
         "task_id": spec.task_id,
         "status": status,

@@ -3,11 +3,11 @@ model deployments, encode the result, and report to the attempt's own file in th
 
 The runner is a detached Ray actor (:class:`JobRunner`, named and started by the jobs leader through
 :class:`serve_app.jobs.launcher.RayRunners`), so a job outlives the Serve application that accepted it;
-it ends itself when its attempt ends.
-It reserves a few CPUs (``jobs.runner_cpus``) for decoding, warping, pasting back and encoding; the models
-run in the model deployments, reached through ``serve_app.ports`` over handles to THIS application's
-deployments, so video and image traffic share their replicas and batching. A runner keeps
-``jobs.batches_in_flight`` batches of ``jobs.frames_per_batch`` frames in flight.
+it ends itself when its attempt ends. It reserves a few CPUs (``jobs.runner_cpus``) for decoding,
+warping, pasting back and encoding; the models run in the model deployments, reached through
+``serve_app.ports`` over handles to THIS application's deployments, so video and image traffic share
+their replicas and batching. A runner keeps ``jobs.batches_in_flight`` batches of
+``jobs.frames_per_batch`` frames in flight.
 
 The source identity (and the reference embedding) are computed once per job. Decoded frames are held to
 the job limits (``pipeline.video.VideoLimits``): a container that claims less than it holds fails the job
@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import ray
@@ -44,10 +45,10 @@ from pipeline.provenance import ProvenanceLabel, video_metadata
 from pipeline.types import Embedding, ImageBGR
 from pipeline.video import VideoFrame, VideoLimits, VideoWriter, iter_frame_batches, read_frames
 from serve_app.config import AppArgs, JobsArgs
-from serve_app.errors import to_service_error
+from serve_app.errors import ServiceUnavailableError, to_service_error
 from serve_app.jobs.records import RESULT_NAME, AttemptReport, JobSpec
 from serve_app.jobs.store import JobStore
-from serve_app.jobs.uploads import NamedReader
+from serve_app.jobs.uploads import NamedReader, video_limits
 from serve_app.ports import StageHandles, metering, serve_ports
 
 log = logging.getLogger(__name__)
@@ -59,33 +60,31 @@ PortsFactory = Callable[[], Awaitable[Ports]]
 
 RETRY_PAUSE_S = 0.5
 """Pause between two tries of a model call that found the deployments unavailable."""
-DEPLOYMENTS = {"detector": "FaceDetector", "swapper": "FaceSwapper", "embedder": "FaceEmbedder"}
-ENHANCER_DEPLOYMENT = "FaceEnhancer"
-"""Deployment names of ``serve_app.deployments`` (``@serve.deployment(name=...)``)."""
+STAGE_DEPLOYMENTS = MappingProxyType(
+    {
+        "detector": "FaceDetector",
+        "swapper": "FaceSwapper",
+        "embedder": "FaceEmbedder",
+        "enhancer": "FaceEnhancer",
+        "landmarker": "FaceLandmarker",
+    }
+)
+"""Deployment names of ``serve_app.deployments`` (``@serve.deployment(name=...)``) by stage."""
 
 
-def video_limits(args: AppArgs) -> VideoLimits:
-    """The limits decoded frames are held to: ``jobs.max_duration_s`` and ``jobs.max_frame_pixels``
-    (``ingress.max_pixels`` when unset)."""
-    jobs = args.jobs
-    return VideoLimits(
-        max_duration_s=jobs.max_duration_s,
-        max_frame_pixels=jobs.max_frame_pixels or args.ingress.max_pixels,
-    )
-
-
-def stage_handles(app_name: str, args: AppArgs) -> StageHandles:
-    """Handles to the model deployments of the application ``app_name`` (built from ``args``)."""
-
-    def handle(name: str) -> Any:
-        return serve.get_deployment_handle(name, app_name)
-
-    return StageHandles(
-        detector=handle(DEPLOYMENTS["detector"]),
-        swapper=handle(DEPLOYMENTS["swapper"]),
-        embedder=handle(DEPLOYMENTS["embedder"]) if args.has_embedder else None,
-        enhancer=handle(ENHANCER_DEPLOYMENT) if args.enhance else None,
-    )
+def stage_handles(app_name: str) -> StageHandles:
+    """Handles to the model deployments the application ``app_name`` runs now; ServiceUnavailableError
+    (waited for by :func:`when_available`) while it is not running."""
+    application = serve.status().applications.get(app_name)
+    running = application.deployments if application is not None else {}
+    handles = {
+        stage: serve.get_deployment_handle(name, app_name)
+        for stage, name in STAGE_DEPLOYMENTS.items()
+        if name in running
+    }
+    if "detector" not in handles or "swapper" not in handles:
+        raise ServiceUnavailableError(f"the application {app_name!r} is not running")
+    return StageHandles(**handles)
 
 
 async def when_available(call: Callable[[], Awaitable[T]], timeout_s: float, clock: Clock) -> T:
@@ -407,11 +406,11 @@ class JobRunner:
         args = self._args
         try:
             await run_attempt(
-                JobStore.from_uri(self._store_uri),
+                JobStore.from_uri(self._store_uri, self._app_name),
                 task_id,
                 attempt,
                 args,
-                lambda: serve_ports(stage_handles(self._app_name, args), args.profile_label),
+                lambda: serve_ports(stage_handles(self._app_name), args.profile_label),
             )
         except Exception:  # no report written: the leader sees this runner gone
             log.exception("runner of job %s attempt %d crashed", task_id, attempt)

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from pipeline.errors import FaceSwapError, InvalidOptionError
 from pipeline.options import SwapOptions
 from serve_app.auth import key_id, presented_key
-from serve_app.config import AppArgs
+from serve_app.config import AppArgs, JobsArgs
 from serve_app.errors import ServiceUnavailableError, error_response, request_id_of
 from serve_app.jobs.launcher import Lease, RayLease, RayRunners, RunnerLauncher
 from serve_app.jobs.manager import JobManager
@@ -49,7 +49,7 @@ from serve_app.jobs.records import (
     task_view,
 )
 from serve_app.jobs.store import STREAM_CHUNK_BYTES, JobStore
-from serve_app.jobs.uploads import check_uploads, read_job_form
+from serve_app.jobs.uploads import check_uploads, read_job_form, video_limits
 from serve_app.metrics import JobMetrics
 from serve_app.routes import JOBS_PATH, RESULT_PATH, RESULT_TYPE, TASK_PATH
 
@@ -74,12 +74,12 @@ def _store_errors() -> Iterator[None]:
         raise ServiceUnavailableError("the job store is unavailable, retry later") from None
 
 
-def check_one_node(store: JobStore) -> None:
+def check_one_node(jobs: JobsArgs) -> None:
     """A store on one node's disk needs a one-node cluster: InvalidOptionError otherwise."""
     nodes = [node for node in ray.nodes() if node.get("Alive")]
-    if store.node_local and len(nodes) > 1:
+    if jobs.node_local_store and len(nodes) > 1:
         raise InvalidOptionError(
-            f"jobs.store_uri {store.root!r} is a directory on one node, but this Ray cluster has "
+            f"jobs.store_uri {jobs.store_uri!r} is a directory on one node, but this Ray cluster has "
             f"{len(nodes)} nodes: use shared storage (s3://bucket/prefix, or file:///path on a filesystem "
             "every node mounts)"
         )
@@ -89,8 +89,9 @@ class JobService:
     """The job routes and the leadership bid of one ingress replica.
 
     ``check_options`` validates the option fields (see :data:`OptionsCheck`). On a Serve replica the store,
-    launcher and lease default to the store at ``jobs.store_uri``, :class:`RayRunners` for this application
-    (pinned to this node when the store is on its disk) and :class:`RayLease`; tests pass their own."""
+    launcher and lease default to this application's part of the store at ``jobs.store_uri``,
+    :class:`RayRunners` for this application (pinned to this node when the store is on its disk) and
+    :class:`RayLease`; tests pass their own."""
 
     def __init__(
         self,
@@ -105,13 +106,14 @@ class JobService:
         self._args = args
         self._jobs = args.jobs
         self._check_options = check_options
-        self.store = store or JobStore.from_uri(args.jobs.store_uri)
-        if launcher is None or lease is None:
-            check_one_node(self.store)
+        if store is None or launcher is None or lease is None:
+            check_one_node(args.jobs)
             app_name = serve.get_replica_context().app_name
-            node_id = ray.get_runtime_context().get_node_id() if self.store.node_local else None
+            store = store or JobStore.from_uri(args.jobs.store_uri, app_name)
+            node_id = ray.get_runtime_context().get_node_id() if store.node_local else None
             launcher = launcher or RayRunners(args.jobs.store_uri, args, app_name, node_id)
-            lease = lease or RayLease(args.jobs.store_uri)
+            lease = lease or RayLease(args.jobs.store_uri, app_name)
+        self.store = store
         self._launcher = launcher
         self._lease = lease
         self._clock = clock
@@ -185,7 +187,8 @@ class JobService:
         request_id = request_id_of(request)
         try:
             owner = self._owner(request)
-            async with read_job_form(request, self._jobs.max_upload_bytes) as form:
+            pace = self._args.ingress.upload_pace()
+            async with read_job_form(request, self._jobs.max_upload_bytes, pace) as form:
                 options = await self._check_options(form.texts, "reference_image" in form.files)
                 with _store_errors():
                     position = await asyncio.to_thread(self._admissible, owner)
@@ -222,8 +225,7 @@ class JobService:
             files,
             max_image_bytes=limits.max_upload_bytes,
             max_pixels=limits.max_pixels,
-            max_duration_s=self._jobs.max_duration_s,
-            max_frame_pixels=self._jobs.max_frame_pixels or limits.max_pixels,
+            limits=video_limits(self._args),
         )
         source, target = checked.name("source"), checked.name("target")
         assert source is not None and target is not None

@@ -1,6 +1,6 @@
 """The job store: job folders and two small indexes on any ``pyarrow.fs`` filesystem.
 
-Layout under the root (``jobs.store_uri``)::
+Layout under the root (``<jobs.store_uri>/<application name>``)::
 
     <task_id>/job.json, control.json, attempt-<n>.json, cancel.json   records (serve_app.jobs.records)
     <task_id>/source.<ext>, target.<ext>, reference.<ext>, result.mp4  the files
@@ -18,8 +18,10 @@ All methods block: call them in a thread from async code.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import uuid
 from contextlib import suppress
 from typing import IO, NamedTuple, TypeVar
@@ -51,6 +53,7 @@ STREAM_CHUNK_BYTES = 1024 * 1024
 ACTIVE_DIR = "_active"
 EXPIRES_DIR = "_expires"
 QUEUE_NAME = "_queue.json"
+_APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 R = TypeVar("R", JobControl, AttemptReport, QueueSnapshot)
 
@@ -61,6 +64,14 @@ class Expiry(NamedTuple):
     at: float
     task_id: str
     outcome: str
+
+
+def app_folder(app: str) -> str:
+    """The folder of the Serve application ``app`` in a store: its name when that is a plain name, else
+    a digest of it."""
+    if _APP_NAME.fullmatch(app):
+        return app
+    return "app-" + hashlib.sha256(app.encode()).hexdigest()[:16]
 
 
 class JobStore:
@@ -74,14 +85,19 @@ class JobStore:
         self._atomic_rename = isinstance(filesystem, pafs.LocalFileSystem)
 
     @classmethod
-    def from_uri(cls, uri: str) -> JobStore:
-        """A store at a local directory (made absolute) or a ``pyarrow.fs`` URI such as
-        ``s3://bucket/prefix?region=eu-west-1`` or ``file:///mnt/shared/faceswap-jobs``."""
+    def from_uri(cls, uri: str, app: str | None = None) -> JobStore:
+        """The store at a local directory (made absolute) or a ``pyarrow.fs`` URI such as
+        ``s3://bucket/prefix?region=eu-west-1`` or ``file:///mnt/shared/faceswap-jobs``; with ``app``, the
+        part of it that belongs to that Serve application (``<uri>/<app>/``), so applications sharing a
+        ``store_uri`` never run or clean up each other's jobs."""
         if is_node_local(uri):
+            filesystem: pafs.FileSystem = pafs.LocalFileSystem()
             root = os.path.abspath(os.path.expanduser(uri))
-            return cls(pafs.LocalFileSystem(), root, node_local=True)
-        filesystem, root = pafs.FileSystem.from_uri(uri)
-        return cls(filesystem, root)
+        else:
+            filesystem, root = pafs.FileSystem.from_uri(uri)
+        if app is not None:
+            root = f"{root.rstrip('/')}/{app_folder(app)}"
+        return cls(filesystem, root, node_local=is_node_local(uri))
 
     # -- paths --------------------------------------------------------------------------------------------
     def path(self, task_id: str, name: str | None = None) -> str:

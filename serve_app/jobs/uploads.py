@@ -16,8 +16,9 @@ from starlette.requests import Request
 
 from pipeline.errors import InvalidInputError, PayloadTooLargeError
 from pipeline.imageio import decode_image, sniff_image_type
-from pipeline.video import VideoInfo, probe_video
-from serve_app.forms import read_multipart
+from pipeline.video import VideoInfo, VideoLimits, probe_video
+from serve_app.config import AppArgs
+from serve_app.forms import UploadPace, read_multipart
 
 JOB_FILE_FIELDS = ("source_image", "target_video", "reference_image")
 _IMAGE_EXTENSIONS = MappingProxyType({"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"})
@@ -33,6 +34,17 @@ _VIDEO_EXTENSIONS = MappingProxyType(
         "video/x-flv": "flv",
     }
 )
+
+
+def video_limits(args: AppArgs) -> VideoLimits:
+    """The limits a job's target video is held to, on its container's claims at submission and on its
+    decoded frames while it runs: ``jobs.max_duration_s`` and ``jobs.max_frame_pixels`` (else
+    ``ingress.max_pixels``)."""
+    jobs = args.jobs
+    return VideoLimits(
+        max_duration_s=jobs.max_duration_s,
+        max_frame_pixels=jobs.max_frame_pixels or args.ingress.max_pixels,
+    )
 
 
 class NamedReader(io.RawIOBase):
@@ -81,19 +93,14 @@ def _file_size(file: IO[bytes]) -> int:
 
 
 def check_uploads(
-    files: Mapping[str, IO[bytes]],
-    *,
-    max_image_bytes: int,
-    max_pixels: int,
-    max_duration_s: float,
-    max_frame_pixels: int,
+    files: Mapping[str, IO[bytes]], *, max_image_bytes: int, max_pixels: int, limits: VideoLimits
 ) -> CheckedUploads:
     """Check a job's uploads (blocking: decodes the images, probes the video).
 
     ``source_image`` and ``target_video`` are required, ``reference_image`` optional. Images: JPEG, PNG or
     WebP by magic bytes (415), at most ``max_image_bytes`` and ``max_pixels`` (413), decodable (400). The
     video: a known container by magic bytes (415), not truncated or corrupt and with a decodable video
-    stream (400), claiming at most ``max_duration_s`` and ``max_frame_pixels`` per frame (413)."""
+    stream (400), claiming no more than ``limits`` (413)."""
     for required in ("source_image", "target_video"):
         if required not in files:
             raise InvalidInputError(f"{required}: required")
@@ -115,13 +122,14 @@ def check_uploads(
     video = files["target_video"]
     with io.BufferedReader(NamedReader(video, "target_video")) as named:
         info = probe_video(named)
-    if info.duration_s > max_duration_s:
+    max_s, max_frame = limits.max_duration_s, limits.max_frame_pixels
+    if max_s is not None and info.duration_s > max_s:
         raise PayloadTooLargeError(
-            f"target_video: {info.duration_s:.1f} s long, over the limit of {max_duration_s:g} s"
+            f"target_video: {info.duration_s:.1f} s long, over the limit of {max_s:g} s"
         )
-    if info.width * info.height > max_frame_pixels:
+    if max_frame is not None and info.width * info.height > max_frame:
         raise PayloadTooLargeError(
-            f"target_video: {info.width}x{info.height} frames are over the limit of {max_frame_pixels} pixels"
+            f"target_video: {info.width}x{info.height} frames are over the limit of {max_frame} pixels"
         )
     stored[f"target.{_VIDEO_EXTENSIONS[info.media_type]}"] = video
     return CheckedUploads(files=stored, video=info)
@@ -136,8 +144,9 @@ class JobForm:
 
 
 @asynccontextmanager
-async def read_job_form(request: Request, max_bytes: int) -> AsyncIterator[JobForm]:
-    """Read a multipart job request, enforcing ``max_bytes`` while the body streams in. The uploads are
-    temporary files, deleted when the block ends."""
-    async with read_multipart(request, max_bytes, JOB_FILE_FIELDS, "source_image and target_video") as form:
+async def read_job_form(request: Request, max_bytes: int, pace: UploadPace) -> AsyncIterator[JobForm]:
+    """Read a multipart job request, enforcing ``max_bytes`` and ``pace`` while the body streams in. The
+    uploads are temporary files, deleted when the block ends."""
+    what = "source_image and target_video"
+    async with read_multipart(request, max_bytes, JOB_FILE_FIELDS, what, pace) as form:
         yield JobForm(files={key: upload.file for key, upload in form.files.items()}, texts=form.texts)
