@@ -38,12 +38,6 @@ MIN_API_KEY_LENGTH = 16
 """Shortest accepted API key (inline or in the keys file): printable ASCII without whitespace."""
 
 
-def is_node_local(store_uri: str) -> bool:
-    """Whether a job store URI is a plain path: a directory on one node's disk. A ``file://`` URI names a
-    filesystem mounted at the same path on every node (NFS, a shared volume); others are object stores."""
-    return "://" not in store_uri
-
-
 def check_api_key(key: str) -> str:
     """``key`` when it is a usable API key; the ValueError never repeats the key."""
     if len(key) < MIN_API_KEY_LENGTH:
@@ -274,9 +268,16 @@ class JobsArgs(_Strict):
             raise ValueError("max_pending_jobs_per_key must be >= max_running_jobs_per_key")
         return self
 
+    @staticmethod
+    def is_node_local(store_uri: str) -> bool:
+        """Whether a job store URI is a plain path: a directory on one node's disk. A ``file://`` URI names
+        a filesystem mounted at the same path on every node (NFS, a shared volume); others are object
+        stores."""
+        return "://" not in store_uri
+
     @property
     def node_local_store(self) -> bool:
-        return is_node_local(self.store_uri)
+        return self.is_node_local(self.store_uri)
 
 
 class AppArgs(_Strict):

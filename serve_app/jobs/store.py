@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from pydantic import ValidationError
 
-from serve_app.config import is_node_local
+from serve_app.config import JobsArgs
 from serve_app.jobs.records import (
     CANCEL_NAME,
     CONTROL_NAME,
@@ -90,14 +90,14 @@ class JobStore:
         ``s3://bucket/prefix?region=eu-west-1`` or ``file:///mnt/shared/faceswap-jobs``; with ``app``, the
         part of it that belongs to that Serve application (``<uri>/<app>/``), so applications sharing a
         ``store_uri`` never run or clean up each other's jobs."""
-        if is_node_local(uri):
+        if JobsArgs.is_node_local(uri):
             filesystem: pafs.FileSystem = pafs.LocalFileSystem()
             root = os.path.abspath(os.path.expanduser(uri))
         else:
             filesystem, root = pafs.FileSystem.from_uri(uri)
         if app is not None:
             root = f"{root.rstrip('/')}/{app_folder(app)}"
-        return cls(filesystem, root, node_local=is_node_local(uri))
+        return cls(filesystem, root, node_local=JobsArgs.is_node_local(uri))
 
     # -- paths --------------------------------------------------------------------------------------------
     def path(self, task_id: str, name: str | None = None) -> str:
