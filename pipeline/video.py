@@ -1,5 +1,5 @@
 """Video files in and out with PyAV: probe, stream decoded frames as ImageBGR, encode H.264 with the source
-audio track copied unchanged.
+audio track copied unchanged. The one place that decodes video (and reads folders of frames as video).
 
 Frames are streamed: :func:`read_frames` holds one decoded frame (plus the decoder's own small
 look-ahead) at a time, and :class:`VideoWriter` muxes each encoded packet as it comes out of the encoder,
@@ -8,6 +8,8 @@ interleaving the copied audio packets by time, so memory does not grow with the 
 User-facing problems raise the typed errors of :mod:`pipeline.errors`: unknown container bytes (checked by
 magic bytes) are :class:`UnsupportedMediaError` (415); an empty, truncated or corrupt container, one
 without a video stream, or one without a decodable frame is :class:`InvalidInputError` (400).
+:class:`VideoLimits` bound the decoded content (duration, pixels per frame), never the container's claims:
+a header may undercount frames or durations.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -31,7 +33,13 @@ from av.packet import Packet
 from av.video.format import VideoFormat
 from av.video.stream import VideoStream
 
-from pipeline.errors import InvalidInputError, InvalidOptionError, UnsupportedMediaError
+from pipeline.errors import (
+    InvalidInputError,
+    InvalidOptionError,
+    PayloadTooLargeError,
+    UnsupportedMediaError,
+)
+from pipeline.imageio import read_image_file
 from pipeline.types import ImageBGR
 
 logger = logging.getLogger(__name__)
@@ -256,12 +264,69 @@ def _probe(source: VideoSource) -> VideoInfo:
         )
 
 
-def read_frames(source: VideoSource) -> Iterator[VideoFrame]:
+@dataclass(frozen=True)
+class VideoLimits:
+    """Bounds on a video's DECODED content, checked frame by frame as :func:`read_frames` decodes (a
+    container's header may claim anything: fewer frames, a shorter duration, a smaller frame size).
+
+    ``max_duration_s``: the frames decoded so far, divided by the stream's frame rate, and the span of
+    their timestamps, must stay within it. ``max_frame_pixels``: width x height of every frame."""
+
+    max_duration_s: float | None = None
+    max_frame_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_duration_s is not None and not self.max_duration_s > 0:
+            raise InvalidOptionError(f"max_duration_s must be > 0, got {self.max_duration_s}")
+        if self.max_frame_pixels is not None and self.max_frame_pixels < 1:
+            raise InvalidOptionError(f"max_frame_pixels must be >= 1, got {self.max_frame_pixels}")
+
+
+class _FrameCheck:
+    """The checks of one stream's decoded frames, before each is converted: pixels over the limit
+    (PayloadTooLargeError, 413), a size other than the first frame's (InvalidInputError, 400), and the
+    decoded duration so far over the limit (PayloadTooLargeError, 413)."""
+
+    def __init__(self, name: str, limits: VideoLimits | None, fps: Fraction) -> None:
+        self._name = name
+        self._limits = limits or VideoLimits()
+        self._fps = fps
+        self._size: tuple[int, int] | None = None
+
+    def __call__(self, frame: str, width: int, height: int, count: int, span_s: float) -> None:
+        """Check ``frame`` (its name in messages), the ``count``-th frame decoded, ``span_s`` seconds after
+        the first frame's timestamp."""
+        limit = self._limits.max_frame_pixels
+        if limit is not None and width * height > limit:
+            raise PayloadTooLargeError(
+                f"{self._name}: {frame} is {width}x{height}, over the limit of {limit} pixels"
+            )
+        if self._size is None:
+            self._size = (width, height)
+        elif (width, height) != self._size:
+            raise InvalidInputError(
+                f"{self._name}: {frame} is {width}x{height} in a {self._size[0]}x{self._size[1]} video "
+                "(the frame size changes mid-stream)"
+            )
+        limit_s = self._limits.max_duration_s
+        if limit_s is None:
+            return
+        duration_s = max(float(count / self._fps), span_s)
+        if duration_s > limit_s:
+            raise PayloadTooLargeError(
+                f"{self._name}: longer than the limit of {limit_s:g} s ({count} frames decoded at "
+                f"{float(self._fps):g} fps, timestamps spanning {span_s:.2f} s)"
+            )
+
+
+def read_frames(source: VideoSource, *, limits: VideoLimits | None = None) -> Iterator[VideoFrame]:
     """Decode the first video stream frame by frame, in presentation order, as ImageBGR.
 
     A generator: the container opens at the first ``next()`` and closes when the iterator is exhausted,
     closed or garbage-collected. Raises the same errors as :func:`probe_video`; InvalidInputError also
-    for corrupt data mid-stream and for a stream that yields no frame.
+    for corrupt data mid-stream, for a stream that yields no frame and for a frame whose size differs
+    from the first frame's; PayloadTooLargeError as soon as the decoded content exceeds ``limits``
+    (before the frame over the limit is converted).
     """
     container, _, name = _open_input(source)
     try:
@@ -269,11 +334,16 @@ def read_frames(source: VideoSource) -> Iterator[VideoFrame]:
         stream.thread_type = "AUTO"
         tb = stream.time_base or Fraction(1, 1)
         start = stream.start_time or 0
-        step = 1 / ((_stream_fps(stream) or Fraction(25)) * tb)
+        fps = _stream_fps(stream) or Fraction(25)
+        step = 1 / (fps * tb)
+        check = _FrameCheck(name, limits, fps)
+        first_pts: int | None = None
         index = 0
         try:
             for frame in container.decode(stream):
                 pts = frame.pts if frame.pts is not None else start + round(index * step)
+                first_pts = pts if first_pts is None else first_pts
+                check(f"frame {index}", frame.width, frame.height, index + 1, float((pts - first_pts) * tb))
                 image = np.ascontiguousarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
                 yield VideoFrame(index=index, pts=pts, time_s=float((pts - start) * tb), image=image)
                 index += 1
@@ -283,6 +353,25 @@ def read_frames(source: VideoSource) -> Iterator[VideoFrame]:
             raise InvalidInputError(f"{name}: no decodable video frames")
     finally:
         container.close()
+
+
+def read_frame_files(
+    paths: Sequence[str | os.PathLike[str]], fps: Fraction, *, limits: VideoLimits | None = None
+) -> Iterator[VideoFrame]:
+    """Image files (JPEG, PNG, WebP) as the frames of a video at ``fps``: frame ``i`` has pts ``i`` (time
+    base ``1 / fps``) and time ``i / fps``. The same checks as :func:`read_frames`: every image must have
+    the first one's size (else InvalidInputError), and ``limits`` hold (PayloadTooLargeError; the pixel
+    limit is checked on each file's header, before decoding)."""
+    fps = Fraction(fps)
+    if fps <= 0:
+        raise InvalidOptionError(f"fps must be positive, got {fps}")
+    check = _FrameCheck(os.path.dirname(os.fspath(paths[0])) if paths else "frames", limits, fps)
+    max_pixels = limits.max_frame_pixels if limits is not None else None
+    pixels = {} if max_pixels is None else {"max_pixels": max_pixels}
+    for index, path in enumerate(paths):
+        image = read_image_file(os.fspath(path), **pixels)
+        check(os.path.basename(path), image.shape[1], image.shape[0], index + 1, float(index / fps))
+        yield VideoFrame(index=index, pts=index, time_s=float(index / fps), image=image)
 
 
 def iter_frame_batches(frames: Iterable[_T], batch_size: int) -> Iterator[list[_T]]:

@@ -1,5 +1,6 @@
 import io
 import os
+import struct
 import weakref
 from fractions import Fraction
 from pathlib import Path
@@ -9,11 +10,19 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.errors import InvalidInputError, InvalidOptionError, UnsupportedMediaError
+from pipeline.errors import (
+    InvalidInputError,
+    InvalidOptionError,
+    PayloadTooLargeError,
+    UnsupportedMediaError,
+)
 from pipeline.video import (
+    VideoFrame,
+    VideoLimits,
     VideoWriter,
     iter_frame_batches,
     probe_video,
+    read_frame_files,
     read_frames,
     sniff_video_type,
 )
@@ -422,3 +431,126 @@ def test_iter_frame_batches_is_lazy_and_keeps_order():
     assert list(iter_frame_batches([], 4)) == []
     with pytest.raises(InvalidOptionError):
         next(iter_frame_batches([1], 0))
+
+
+# -- limits on decoded content: the container's claims are not trusted ------------------------------------
+def _patch(data: bytearray, box: bytes, offset: int, fmt: str, value) -> None:
+    """Overwrite the field at ``offset`` bytes after the 4-byte tag ``box`` (first occurrence)."""
+    at = data.find(box)
+    assert at > 0, box
+    struct.pack_into(fmt, data, at + offset, value)
+
+
+def _avi_claiming(path: Path, frames: int, claimed: int) -> None:
+    """An AVI holding ``frames`` frames whose headers (main and stream header) say ``claimed``."""
+    _write_synthetic(path, frames, 64, 48)
+    data = bytearray(path.read_bytes())
+    _patch(data, b"avih", 8 + 16, "<I", claimed)  # MainAVIHeader.dwTotalFrames
+    _patch(data, b"strh", 8 + 32, "<I", claimed)  # AVIStreamHeader.dwLength
+    path.write_bytes(bytes(data))
+
+
+def _mp4_with_durations_scaled(path: Path, frames: int, scale: float) -> None:
+    """An MP4 whose movie, track and media header durations are ``scale`` times the truth (the sample
+    timing stays true)."""
+    _write_synthetic(path, frames, 64, 48)
+    data = bytearray(path.read_bytes())
+    for box, offset in ((b"mvhd", 20), (b"tkhd", 24), (b"mdhd", 20)):
+        at = data.find(box)
+        assert data[at + 4] == 0  # version 0: 32-bit times
+        (duration,) = struct.unpack_from(">I", data, at + offset)
+        struct.pack_into(">I", data, at + offset, int(duration * scale))
+    path.write_bytes(bytes(data))
+
+
+def _mjpeg_avi(path: Path, sizes: list[tuple[int, int]]) -> None:
+    """A Motion-JPEG AVI whose stream header says the first size; frame ``i`` is a flat JPEG of
+    ``sizes[i]`` (every JPEG carries its own size, so a frame can be any size)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.width, stream.height = sizes[0]
+        stream.pix_fmt = "yuvj420p"
+        for i, (width, height) in enumerate(sizes):
+            ok, jpeg = cv2.imencode(".jpg", np.full((height, width), 60 + 10 * i, np.uint8))
+            assert ok
+            packet = av.Packet(jpeg.tobytes())
+            packet.stream = stream
+            packet.pts = packet.dts = i
+            packet.time_base = Fraction(1, 25)
+            packet.is_keyframe = True
+            container.mux(packet)
+
+
+def _read_until_error(path: Path, limits: VideoLimits | None) -> tuple[list[VideoFrame], Exception]:
+    frames: list[VideoFrame] = []
+    with pytest.raises((PayloadTooLargeError, InvalidInputError)) as caught:
+        for frame in read_frames(path, limits=limits):
+            frames.append(frame)
+    return frames, caught.value
+
+
+def test_duration_limit_counts_decoded_frames_not_the_avi_header(tmp_path):
+    path = tmp_path / "claims_5_frames.avi"
+    _avi_claiming(path, frames=60, claimed=5)
+    info = probe_video(path)
+    assert (info.frame_count, info.duration_s) == (5, pytest.approx(0.2))
+    frames, error = _read_until_error(path, VideoLimits(max_duration_s=2.0))
+    assert isinstance(error, PayloadTooLargeError) and error.status == 413
+    assert len(frames) == 50  # frame 51 would make 2.04 s: refused before it is converted
+    assert "51 frames decoded at 25 fps" in str(error)
+    assert len(list(read_frames(path, limits=VideoLimits(max_duration_s=2.4)))) == 60
+
+
+def test_duration_limit_ignores_mp4_header_durations(tmp_path):
+    path = tmp_path / "durations_x0.3.mp4"
+    _mp4_with_durations_scaled(path, frames=75, scale=0.3)
+    assert probe_video(path).duration_s == pytest.approx(0.9, abs=0.05)
+    frames, error = _read_until_error(path, VideoLimits(max_duration_s=2.0))
+    assert isinstance(error, PayloadTooLargeError)
+    assert [f.index for f in frames] == list(range(50))
+    assert len(list(read_frames(path, limits=VideoLimits(max_duration_s=3.0)))) == 75
+
+
+def test_pixel_limit_stops_at_a_huge_frame_inside_a_small_stream(tmp_path):
+    path = tmp_path / "bomb.avi"
+    _mjpeg_avi(path, [(16, 16)] * 3 + [(9000, 9000)] + [(16, 16)] * 2)
+    assert (probe_video(path).width, probe_video(path).height) == (16, 16)
+    frames, error = _read_until_error(path, VideoLimits(max_frame_pixels=4096 * 4096))
+    assert isinstance(error, PayloadTooLargeError)
+    assert "frame 3 is 9000x9000" in str(error)
+    assert [f.image.shape for f in frames] == [(16, 16, 3)] * 3
+
+
+def test_a_frame_size_change_mid_stream_is_invalid_input(tmp_path):
+    path = tmp_path / "resized.avi"
+    _mjpeg_avi(path, [(16, 16)] * 3 + [(32, 32)] + [(16, 16)] * 2)
+    frames, error = _read_until_error(path, None)
+    assert type(error) is InvalidInputError and error.status == 400
+    assert "frame 3 is 32x32 in a 16x16 video" in str(error)
+    assert len(frames) == 3
+    # the pixel limit is checked first: a frame both too big and resized is a 413
+    _, error = _read_until_error(path, VideoLimits(max_frame_pixels=500))
+    assert isinstance(error, PayloadTooLargeError)
+
+
+def test_limits_are_validated():
+    for bad in ({"max_duration_s": 0}, {"max_duration_s": -1.0}, {"max_frame_pixels": 0}):
+        with pytest.raises(InvalidOptionError):
+            VideoLimits(**bad)
+
+
+def test_frame_files_read_as_a_video_with_the_same_checks(tmp_path):
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"f{i}.png")
+        cv2.imwrite(str(paths[-1]), _synthetic_frame(i, 40, 30))
+    frames = list(read_frame_files(paths, Fraction(10)))
+    assert [(f.index, f.pts, f.time_s) for f in frames] == [(i, i, i / 10) for i in range(4)]
+    assert all(np.array_equal(f.image, _synthetic_frame(i, 40, 30)) for i, f in enumerate(frames))
+    with pytest.raises(PayloadTooLargeError, match="longer than the limit of 0.3 s"):
+        list(read_frame_files(paths, Fraction(10), limits=VideoLimits(max_duration_s=0.3)))
+    with pytest.raises(PayloadTooLargeError):
+        list(read_frame_files(paths, Fraction(10), limits=VideoLimits(max_frame_pixels=1000)))
+    cv2.imwrite(str(paths[2]), _synthetic_frame(2, 24, 30))
+    with pytest.raises(InvalidInputError, match="f2.png is 24x30 in a 40x30 video"):
+        list(read_frame_files(paths, Fraction(10)))
