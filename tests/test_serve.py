@@ -346,6 +346,7 @@ def test_health_readiness_openapi_and_page(tm: str, http: httpx.Client, local_pi
         ("/api/v1/swap", "post"),
         ("/api/v1/jobs", "post"),
         ("/api/v1/tasks/{task_id}", "get"),
+        ("/api/v1/tasks/{task_id}", "delete"),
         ("/api/v1/tasks/{task_id}/result", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
