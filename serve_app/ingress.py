@@ -15,8 +15,9 @@ Routes (relative to the application's route prefix):
   413, 415, 422, 503 (see ``serve_app.errors``). ``X-Hop-Bytes``: the array bytes this request sent to and
   received from the model deployments.
 - ``POST /api/v1/jobs``, ``GET`` and ``DELETE /api/v1/tasks/{task_id}``,
-  ``GET /api/v1/tasks/{task_id}/result``: video jobs (``serve_app.jobs``), run on the same model deployments; this ingress also bids for the jobs
-  leadership (one replica at a time queues, reconciles and cleans up).
+  ``GET /api/v1/tasks/{task_id}/result``: video jobs (``serve_app.jobs``), run on the same model
+  deployments; this ingress also bids for the jobs leadership (one replica at a time queues, reconciles
+  and cleans up).
 - ``GET /healthz`` (this replica is up), ``GET /readyz`` (every model deployment answers),
   ``GET /openapi.json`` (``serve_app.openapi``) and ``GET /`` (a page to try a swap from a browser).
 
