@@ -30,7 +30,6 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, TypeVar
 
 import ray
@@ -45,6 +44,7 @@ from pipeline.provenance import ProvenanceLabel, video_metadata
 from pipeline.types import Embedding, ImageBGR
 from pipeline.video import VideoFrame, VideoLimits, VideoWriter, iter_frame_batches, read_frames
 from serve_app.config import AppArgs, JobsArgs
+from serve_app.deployments import MODEL_DEPLOYMENTS
 from serve_app.errors import ServiceUnavailableError, to_service_error
 from serve_app.jobs.records import RESULT_NAME, AttemptReport, JobSpec
 from serve_app.jobs.store import JobStore
@@ -60,15 +60,7 @@ PortsFactory = Callable[[], Awaitable[Ports]]
 
 RETRY_PAUSE_S = 0.5
 """Pause between two tries of a model call that found the deployments unavailable."""
-STAGE_DEPLOYMENTS = MappingProxyType(
-    {
-        "detector": "FaceDetector",
-        "swapper": "FaceSwapper",
-        "embedder": "FaceEmbedder",
-        "enhancer": "FaceEnhancer",
-        "landmarker": "FaceLandmarker",
-    }
-)
+
 """Deployment names of ``serve_app.deployments`` (``@serve.deployment(name=...)``) by stage."""
 
 
@@ -78,9 +70,9 @@ def stage_handles(app_name: str) -> StageHandles:
     application = serve.status().applications.get(app_name)
     running = application.deployments if application is not None else {}
     handles = {
-        stage: serve.get_deployment_handle(name, app_name)
-        for stage, name in STAGE_DEPLOYMENTS.items()
-        if name in running
+        stage: serve.get_deployment_handle(deployment.name, app_name)
+        for stage, deployment in MODEL_DEPLOYMENTS.items()
+        if deployment.name in running
     }
     if "detector" not in handles or "swapper" not in handles:
         raise ServiceUnavailableError(f"the application {app_name!r} is not running")
