@@ -162,7 +162,10 @@ def _cmd_swap(args: argparse.Namespace) -> int:
         "faces_swapped": result.faces_swapped if options.swap else 0,
         "frame_processors": list(options.frame_processors),
         **result.components,
+        "notices": list(result.notices),
     }
+    for notice in result.notices:
+        sys.stderr.write(f"faceswap: note: {notice}\n")
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0
 

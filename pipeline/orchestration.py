@@ -69,6 +69,8 @@ class SwapResult:
     components: dict[str, str | None] = field(default_factory=dict)
     identity: Identity | None = None
     """The source identity that was swapped in (None when nothing was swapped)."""
+    notices: tuple[str, ...] = ()
+    """What the user should know about this result (e.g. that the classical swapper made it)."""
 
     @property
     def faces_swapped(self) -> int:
@@ -218,6 +220,10 @@ class SwapOrchestrator:
                 )
             if not has_reference:
                 raise InvalidOptionError("face_selector_mode 'reference' needs a reference image")
+
+    def _notices(self, options: SwapOptions) -> tuple[str, ...]:
+        notice = self.ports.swapper.info.notice
+        return (notice,) if options.swap and notice else ()
 
     def face_limit(self, options: SwapOptions) -> int:
         """Faces processed per image for ``options``."""
@@ -454,7 +460,9 @@ class SwapOrchestrator:
                 )
         image = (await self.process([target], [selected], identity, options))[0]
         log.info("processed %d face(s) with %s", len(selected), self.components)
-        return SwapResult(image, selected, self.components, identity if options.swap else None)
+        return SwapResult(
+            image, selected, self.components, identity if options.swap else None, self._notices(options)
+        )
 
     async def swap_encoded(
         self,
@@ -512,7 +520,11 @@ class SwapOrchestrator:
         detected = list(faces) if faces is not None else await self.detect(frames, options.detector_score)
         selected = await self.select(frames, detected, options, reference)
         images = await self.process(frames, selected, identity, options)
-        return [SwapResult(image, f, self.components) for image, f in zip(images, selected, strict=True)]
+        notices = self._notices(options)
+        return [
+            SwapResult(image, f, self.components, identity, notices)
+            for image, f in zip(images, selected, strict=True)
+        ]
 
 
 def _candidates(faces: list[Face], limit: int) -> list[Face]:

@@ -58,6 +58,8 @@ class SwapperInfo:
     identity: IdentityKind
     identity_dim: int | None = None
     """For ``embedding`` identities: the embedding length the swapper was trained on."""
+    notice: str | None = None
+    """What a user should know about its results (the classical swapper says so, and how to get more)."""
 
 
 @dataclass(frozen=True)

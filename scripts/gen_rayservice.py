@@ -97,7 +97,8 @@ def _replica_range(scaling: ScalingArgs) -> tuple[int, int]:
 
 
 def _demands(apps: Sequence[AppArgs], gpu: bool, at_max: bool) -> list[tuple[Fraction, Fraction]]:
-    """One ``(gpus, cpus)`` per replica of every deployment that asks for GPUs (``gpu``) or only CPUs."""
+    """One ``(gpus, cpus)`` per replica of every deployment that asks for GPUs (``gpu``) or only CPUs, and
+    (CPU only, at max) one per video job runner the cluster may run at once."""
     demands: list[tuple[Fraction, Fraction]] = []
     for app in apps:
         for scaling in app.deployed().values():
@@ -105,6 +106,8 @@ def _demands(apps: Sequence[AppArgs], gpu: bool, at_max: bool) -> list[tuple[Fra
                 continue
             count = _replica_range(scaling)[1 if at_max else 0]
             demands += [(Fraction(str(scaling.num_gpus)), Fraction(str(scaling.num_cpus)))] * count
+        if not gpu and at_max:
+            demands += [(Fraction(0), Fraction(str(app.jobs.runner_cpus)))] * app.jobs.max_running_jobs
     return demands
 
 

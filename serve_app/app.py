@@ -14,7 +14,7 @@ from ray.serve import Application
 from ray.serve.deployment import Deployment
 
 from serve_app.config import AppArgs
-from serve_app.deployments import FaceDetector, FaceEmbedder, FaceEnhancer, FaceSwapper
+from serve_app.deployments import MODEL_DEPLOYMENTS
 from serve_app.ingress import SwapIngress
 
 
@@ -30,15 +30,9 @@ def build_app(args: dict[str, Any]) -> Application:
     """The swap graph for ``args`` (a dict as in ``configs/serve.yaml``, or an AppArgs)."""
     parsed = AppArgs.parse(args)
     deployed = parsed.deployed()
-    classes = {
-        "detector": FaceDetector,
-        "swapper": FaceSwapper,
-        "embedder": FaceEmbedder,
-        "enhancer": FaceEnhancer,
-    }
     bound = {
         stage: _deployment(cls).options(**deployed[stage].deployment_options()).bind(parsed)
-        for stage, cls in classes.items()
+        for stage, cls in MODEL_DEPLOYMENTS.items()
         if stage in deployed
     }
     ingress = _deployment(SwapIngress).options(**parsed.ingress.deployment_options())

@@ -202,36 +202,55 @@ class AuthArgs(_Strict):
 
 class JobsArgs(_Strict):
     """Video jobs (``POST /api/v1/jobs``, see ``serve_app.jobs``): where their records and files live,
-    upload limits, how runners are watched, and the Ray Data batch job each one runs."""
+    upload and content limits, the queue, retention, how runners are watched, and how a runner feeds the
+    model deployments."""
 
     store_uri: str = DEFAULT_JOB_STORE
-    """Local directory or ``pyarrow.fs`` URI (``s3://bucket/prefix``) of the job store. Every ingress
-    replica must see the same store: a local directory only works on one node (or a shared mount)."""
+    """Where job records and files live. A plain path is a directory on one node's disk: only for a
+    single-node cluster with one ingress replica (the config refuses more). Otherwise a ``pyarrow.fs`` URI
+    every node reaches: ``s3://bucket/prefix?region=...``, or ``file:///path`` for a filesystem mounted at
+    the same path on every node."""
     max_upload_bytes: int = Field(default=500 * 1024 * 1024, ge=1024)
     """Limit of one job request body (video and images), enforced while the body streams in. Each image
     is also held to ``ingress.max_upload_bytes`` and ``ingress.max_pixels``."""
     max_duration_s: float = Field(default=600.0, gt=0)
-    """Longest target video accepted, by its container's duration."""
-    max_attempts: int = Field(default=2, ge=1)
+    """Longest target video: checked on the container's claim at submission, and on the decoded frames
+    (count / frame rate, timestamps) while the job runs."""
+    max_frame_pixels: int | None = Field(default=None, ge=1)
+    """Pixels per video frame, checked like ``max_duration_s``; None: ``ingress.max_pixels``."""
+    max_running_jobs: int = Field(default=4, ge=1)
+    """Jobs running at once in the cluster; more wait in the queue (first come, first served)."""
+    max_running_jobs_per_key: int = Field(default=2, ge=1)
+    """Jobs of one API key running at once (without auth every job counts against one anonymous key)."""
+    max_pending_jobs_per_key: int = Field(default=16, ge=1)
+    """Queued and running jobs of one API key; a submission over it is answered 429 ``too_many_jobs``."""
+    retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    """A finished job and its files are deleted this long after it finished."""
+    sweep_interval_s: float = Field(default=3600.0, gt=0)
+    """How often the jobs leader looks for job folders that no index names (left by a crash) and deletes
+    them; it also does when it becomes the leader."""
+    max_attempts: int = Field(default=2, ge=1, le=99)
     """Runner starts per job: a job whose runner is lost is started again until this many, then failed."""
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
-    """How often a runner writes its heartbeat into the job record."""
+    """How often a runner writes its heartbeat into its attempt report."""
     heartbeat_timeout_s: float = Field(default=60.0, gt=0)
     """A running job whose heartbeat is older than this has lost its runner."""
-    reconcile_interval_s: float = Field(default=15.0, gt=0)
-    """How often each ingress replica checks the unfinished jobs (and once when it starts)."""
+    reconcile_interval_s: float = Field(default=2.0, gt=0)
+    """How often the jobs leader (one ingress replica) starts queued jobs and checks running ones."""
     progress_interval_s: float = Field(default=1.0, ge=0)
     """Least time between two progress writes of a runner."""
     max_runtime_s: float = Field(default=3600.0, gt=0)
     """A job running longer than this is stopped and failed."""
-    batch_size: int = Field(default=8, ge=1, le=256)
-    """Frames per model batch of the Ray Data job."""
-    num_actors: int = Field(default=1, ge=1)
-    """Swap actors per job (``ActorPoolStrategy(size=...)``)."""
-    num_gpus: float = Field(default=0.0, ge=0)
-    """GPUs per swap actor, fractional allowed; with GPUs the swap actors take no CPU."""
-    cpus_per_actor: float = Field(default=1.0, gt=0)
-    """CPUs per swap actor when ``num_gpus`` is 0."""
+    runner_cpus: float = Field(default=1.0, ge=0)
+    """CPUs a job's runner reserves: it decodes, warps, pastes back and encodes; the models run in the
+    model deployments."""
+    frames_per_batch: int = Field(default=8, ge=1, le=256)
+    """Frames a runner sends through the orchestration at once (one call per model stage)."""
+    batches_in_flight: int = Field(default=2, ge=1, le=32)
+    """Batches a runner keeps in flight, so the model deployments batch its calls with other traffic."""
+    unavailable_timeout_s: float = Field(default=120.0, ge=0)
+    """How long a runner waits for unavailable or overloaded model deployments (e.g. the application being
+    redeployed) before the job fails."""
     crf: int = Field(default=18, ge=0, le=51)
     """H.264 quality of the output video (lower is better)."""
     preset: str = "medium"
@@ -241,11 +260,24 @@ class JobsArgs(_Strict):
     def _consistent(self) -> JobsArgs:
         if self.preset not in X264_PRESETS:
             raise ValueError(f"preset must be one of {', '.join(X264_PRESETS)}")
-        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
-            raise ValueError("num_gpus above 1 must be a whole number")
         if 2 * self.heartbeat_interval_s > self.heartbeat_timeout_s:
             raise ValueError("heartbeat_timeout_s must be at least twice heartbeat_interval_s")
+        if self.max_running_jobs_per_key > self.max_running_jobs:
+            raise ValueError("max_running_jobs_per_key must be <= max_running_jobs")
+        if self.max_pending_jobs_per_key < self.max_running_jobs_per_key:
+            raise ValueError("max_pending_jobs_per_key must be >= max_running_jobs_per_key")
         return self
+
+    @staticmethod
+    def is_node_local(store_uri: str) -> bool:
+        """Whether a job store URI is a plain path: a directory on one node's disk. A ``file://`` URI names
+        a filesystem mounted at the same path on every node (NFS, a shared volume); others are object
+        stores."""
+        return "://" not in store_uri
+
+    @property
+    def node_local_store(self) -> bool:
+        return self.is_node_local(self.store_uri)
 
 
 class AppArgs(_Strict):
@@ -280,6 +312,18 @@ class AppArgs(_Strict):
     enhancer: ModelDeploymentArgs = ModelDeploymentArgs()
     landmarker: ModelDeploymentArgs = ModelDeploymentArgs()
     """The face mesh (shipped with the package): region masks and refined alignment."""
+
+    @model_validator(mode="after")
+    def _job_store_is_shared(self) -> AppArgs:
+        ingress = self.ingress
+        replicas = ingress.autoscaling.max_replicas if ingress.autoscaling else (ingress.num_replicas or 1)
+        if self.jobs.node_local_store and replicas > 1:
+            raise ValueError(
+                f"jobs.store_uri {self.jobs.store_uri!r} is a directory on one node, but the ingress may run "
+                f"{replicas} replicas that must all see every job: use shared storage (s3://bucket/prefix, "
+                "or file:///path on a filesystem mounted on every node)"
+            )
+        return self
 
     @classmethod
     def parse(cls, args: AppArgs | dict[str, Any] | None) -> AppArgs:

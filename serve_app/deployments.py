@@ -26,6 +26,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -353,3 +354,15 @@ class FaceLandmarker:
         self, requests: list[list[np.ndarray]]
     ) -> list[list[tuple[np.ndarray, float]]]:
         return await self._model.serve(requests)
+
+
+MODEL_DEPLOYMENTS = MappingProxyType(
+    {
+        "detector": FaceDetector,
+        "swapper": FaceSwapper,
+        "embedder": FaceEmbedder,
+        "enhancer": FaceEnhancer,
+        "landmarker": FaceLandmarker,
+    }
+)
+"""The model deployments, by the ``AppArgs`` section (and ``StageHandles`` field) that configures them."""

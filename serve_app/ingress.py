@@ -14,8 +14,10 @@ Routes (relative to the application's route prefix):
   ``image/jpeg`` or ``image/png``. Errors: ``{"success": false, "error", "code", "request_id"}`` with 400,
   413, 415, 422, 503 (see ``serve_app.errors``). ``X-Hop-Bytes``: the array bytes this request sent to and
   received from the model deployments.
-- ``POST /api/v1/jobs``, ``GET /api/v1/tasks/{task_id}`` and ``GET /api/v1/tasks/{task_id}/result``: video
-  jobs (``serve_app.jobs``); this ingress also runs their reconciler.
+- ``POST /api/v1/jobs``, ``GET`` and ``DELETE /api/v1/tasks/{task_id}``,
+  ``GET /api/v1/tasks/{task_id}/result``: video jobs (``serve_app.jobs``), run on the same model
+  deployments; this ingress also bids for the jobs leadership (one replica at a time queues, reconciles
+  and cleans up).
 - ``GET /healthz`` (this replica is up), ``GET /readyz`` (every model deployment answers),
   ``GET /openapi.json`` (``serve_app.openapi``) and ``GET /`` (a page to try a swap from a browser).
 
@@ -290,6 +292,8 @@ class SwapIngress:
         self._metrics.record_faces(result.faces_swapped)
         self._metrics.record_hop_bytes(meter.total)
         headers = {"X-Faces-Swapped": str(result.faces_swapped), "X-Hop-Bytes": str(meter.total)}
+        if result.notices:
+            headers["X-Faceswap-Notice"] = " ".join(result.notices)
         if media_type != JSON_TYPE:
             return Response(encoded.data, media_type=media_type, headers=headers)
         return JSONResponse(
@@ -301,6 +305,7 @@ class SwapIngress:
                 "faces_swapped": result.faces_swapped if options.swap else 0,
                 "faces_processed": result.faces_swapped,
                 "components": result.components,
+                "notices": list(result.notices),
             },
             headers=headers,
         )

@@ -57,7 +57,7 @@ def job_paths(
 ) -> dict[str, Any]:
     """OpenAPI path items of the job routes. ``option_properties``: the swap option form fields;
     ``errors``: the ingress' error responses by status; ``operation``: extra keys of every operation (e.g.
-    ``security``). Refers to the component schemas ``Error``, ``JobAccepted`` and ``Task``."""
+    ``security``). Refers to the component schemas ``Error``, ``JobAccepted``, ``Task``, ``TaskDeleted``."""
     binary = {"type": "string", "format": "binary"}
     json_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     task_id = {
@@ -67,11 +67,15 @@ def job_paths(
         "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
     }
     pick = {code: errors[code] for code in ("401", "403", "429", "503") if code in errors}
+    owned = " With API keys, a task exists only for the key that submitted it: any other key gets 404."
+    not_found = {"description": "No such task (or another API key's task).", **json_ref}
     return {
         JOBS_PATH: {
             "post": {
                 "operationId": "submitJob",
                 "summary": "Queue a video job: the source face onto every frame of the target video.",
+                "description": "Jobs start in submission order while the cluster and the API key are under "
+                "their limits of running jobs; the rest wait in the queue." + owned,
                 **operation,
                 "requestBody": {
                     "required": True,
@@ -87,7 +91,10 @@ def job_paths(
                                     "target_video": {
                                         **binary,
                                         "description": "MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS or FLV "
-                                        "(checked by magic bytes); its audio is kept.",
+                                        "(checked by magic bytes); its audio is kept. Duration and frame "
+                                        "size are checked on the container's claims here and on the "
+                                        "decoded frames while the job runs (the job then fails with "
+                                        "payload_too_large or invalid_input).",
                                     },
                                     "reference_image": {
                                         **binary,
@@ -120,13 +127,20 @@ def job_paths(
                         **json_ref,
                     },
                     "415": {"description": "Not a supported image or video container.", **json_ref},
+                    "429": {
+                        "description": "The API key has its maximum of queued and running jobs "
+                        "(code too_many_jobs), or is over its request rate (rate_limited, Retry-After).",
+                        **json_ref,
+                    },
                 },
             }
         },
         TASK_PATH: {
             "get": {
                 "operationId": "getTask",
-                "summary": "Status and progress of a video job.",
+                "summary": "Status, queue position and progress of a video job.",
+                "description": "Finished jobs are kept for the service's retention time, then deleted (404)."
+                + owned,
                 **operation,
                 "parameters": [task_id],
                 "responses": {
@@ -136,23 +150,43 @@ def job_paths(
                     },
                     **pick,
                     "400": {"description": "Not a valid task id.", **json_ref},
-                    "404": {"description": "No such task.", **json_ref},
+                    "404": not_found,
                 },
-            }
+            },
+            "delete": {
+                "operationId": "deleteTask",
+                "summary": "Cancel a queued or running job and delete its files, or delete a finished job.",
+                "description": "A running job's runner is stopped; the task reads cancelled until its files "
+                "are deleted, then 404." + owned,
+                **operation,
+                "parameters": [task_id],
+                "responses": {
+                    "202": {
+                        "description": "Cancelled (or, for a finished job, deleted).",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/TaskDeleted"}}
+                        },
+                    },
+                    **pick,
+                    "400": {"description": "Not a valid task id.", **json_ref},
+                    "404": not_found,
+                },
+            },
         },
         RESULT_PATH: {
             "get": {
                 "operationId": "getTaskResult",
                 "summary": "The finished video (streamed).",
+                "description": owned.strip(),
                 **operation,
                 "parameters": [task_id],
                 "responses": {
                     "200": {"description": "The video.", "content": {RESULT_TYPE: {"schema": binary}}},
                     **pick,
                     "400": {"description": "Not a valid task id.", **json_ref},
-                    "404": {"description": "No such task.", **json_ref},
+                    "404": not_found,
                     "409": {
-                        "description": "The job is not completed (queued, running or failed).",
+                        "description": "The job is not completed (queued, running, failed or cancelled).",
                         **json_ref,
                     },
                 },
@@ -165,27 +199,69 @@ JOB_SCHEMAS: Mapping[str, Any] = MappingProxyType(
     {
         "JobAccepted": {
             "type": "object",
-            "required": ["task_id", "status"],
-            "properties": {"task_id": {"type": "string"}, "status": {"type": "string", "enum": ["queued"]}},
+            "required": ["task_id", "status", "queue_position"],
+            "properties": {
+                "task_id": {"type": "string"},
+                "status": {"type": "string", "enum": ["queued"]},
+                "queue_position": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "Place in the queue at submission (1: starts next).",
+                },
+            },
         },
         "Task": {
             "type": "object",
-            "required": ["task_id", "status", "progress", "error", "result_url"],
+            "required": ["task_id", "status", "queue_position", "progress", "error", "result_url"],
             "properties": {
                 "task_id": {"type": "string"},
-                "status": {"type": "string", "enum": ["queued", "running", "completed", "failed"]},
+                "status": {
+                    "type": "string",
+                    "enum": ["queued", "running", "completed", "failed", "cancelled"],
+                },
+                "queue_position": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "nullable": True,
+                    "description": "While queued: the jobs ahead plus one (0: its runner is starting); "
+                    "null otherwise.",
+                },
                 "progress": {"type": "number", "minimum": 0, "maximum": 1},
                 "frames_done": {"type": "integer"},
                 "frames_total": {"type": "integer"},
                 "error": {"type": "string", "nullable": True},
-                "error_code": {"type": "string", "nullable": True},
+                "error_code": {
+                    "type": "string",
+                    "nullable": True,
+                    "description": "e.g. payload_too_large or invalid_input (the decoded video broke a "
+                    "limit or is malformed), no_face, runner_lost, timeout.",
+                },
                 "result_url": {"type": "string", "nullable": True},
                 "attempts": {"type": "integer"},
                 "created_at": {"type": "string", "format": "date-time"},
                 "updated_at": {"type": "string", "format": "date-time"},
                 "started_at": {"type": "string", "format": "date-time", "nullable": True},
                 "finished_at": {"type": "string", "format": "date-time", "nullable": True},
+                "expires_at": {
+                    "type": "string",
+                    "format": "date-time",
+                    "nullable": True,
+                    "description": "When a finished job and its files are deleted.",
+                },
                 "summary": {"type": "object", "nullable": True},
+            },
+        },
+        "TaskDeleted": {
+            "type": "object",
+            "required": ["task_id", "status", "deleted"],
+            "properties": {
+                "task_id": {"type": "string"},
+                "status": {"type": "string", "enum": ["cancelled", "completed", "failed"]},
+                "deleted": {
+                    "type": "boolean",
+                    "description": "The files are gone already (a finished job); else once the runner "
+                    "stopped.",
+                },
             },
         },
     }
@@ -221,6 +297,7 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
     error = {"content": {JSON_TYPE: {"schema": {"$ref": "#/components/schemas/Error"}}}}
     errors = {
         "400": {"description": "Missing field, bad option or corrupt image.", **error},
+        "408": {"description": "The body arrived too slowly or stopped arriving.", **error},
         "413": {"description": "Body or image pixel count over the limit.", **error},
         "415": {"description": "Not a JPEG, PNG or WebP image, or not multipart/form-data.", **error},
         "422": {"description": "No face found, or an option the deployed models cannot honour.", **error},
@@ -272,8 +349,9 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
                             "name": "X-Request-ID",
                             "in": "header",
                             "required": False,
-                            "schema": {"type": "string"},
-                            "description": "Echoed in the response header and body; generated when absent.",
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+                            "description": "Echoed in the response header and body when it matches the "
+                            "pattern; otherwise (or when absent) the service generates one.",
                         },
                     ],
                     "requestBody": {
@@ -291,6 +369,18 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
                     "responses": {
                         "200": {
                             "description": "The swapped image: JSON, or bytes when Accept asks for an image.",
+                            "headers": {
+                                "X-Faces-Swapped": {"schema": {"type": "integer"}},
+                                "X-Faceswap-Notice": {
+                                    "schema": {"type": "string"},
+                                    "description": "The notices of the JSON answer, for image answers.",
+                                },
+                                "X-Hop-Bytes": {
+                                    "schema": {"type": "integer"},
+                                    "description": "Array bytes this request sent to and received from the "
+                                    "model deployments.",
+                                },
+                            },
                             "content": {
                                 JSON_TYPE: {"schema": {"$ref": "#/components/schemas/SwapResponse"}},
                                 JPEG_TYPE: {"schema": {"type": "string", "format": "binary"}},
@@ -355,14 +445,27 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
                         "result_image",
                         "request_id",
                         "faces_swapped",
+                        "faces_processed",
                         "components",
+                        "notices",
                     ],
                     "properties": {
                         "success": {"type": "boolean", "enum": [True]},
-                        "message": {"type": "string"},
+                        "message": {"type": "string", "description": "e.g. 'swapped 2 faces'"},
                         "result_image": {"type": "string", "description": "data:image/jpeg;base64,..."},
                         "request_id": {"type": "string"},
-                        "faces_swapped": {"type": "integer", "minimum": 1},
+                        "faces_swapped": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "Faces swapped (0 for an enhance-only request).",
+                        },
+                        "faces_processed": {"type": "integer", "minimum": 1},
+                        "notices": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "What to know about the result, e.g. that the classical "
+                            "no-download swapper made it and how to install the real models.",
+                        },
                         "components": {
                             "type": "object",
                             "additionalProperties": {"type": "string", "nullable": True},

@@ -32,6 +32,7 @@ def test_swap_two_real_photos_changes_only_the_face(assets, load_image, tmp_path
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["profile"] == "lite" and summary["faces_swapped"] == 1
+    assert "classical no-download swapper" in summary["notices"][0] and "models download" in proc.stderr
     label = read_label(out.read_bytes())
     assert label is not None and label.models["swapper"] == "mesh_classical"
     result = cv2.imread(str(out))

@@ -34,6 +34,7 @@ def test_demo_swaps_the_bundled_photos_on_a_fresh_machine(tmp_path: Path) -> Non
         "embedder": None,
         "swapper": "mesh_classical",
         "enhancer": None,
+        "landmarker": "face_landmark_mediapipe",
     }
     assert summary["target"] == str(bundled_image("codait_luciano_cc0.png"))
     image = cv2.imread(summary["output"])

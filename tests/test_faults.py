@@ -68,8 +68,9 @@ SOURCE = _png(360, 480, 1)
 
 
 def _swap_files(seed: int) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """A swap of its own source (no identity reuse: every request embeds) onto its own target."""
     return [
-        ("source_image", ("source.png", SOURCE, "image/png")),
+        ("source_image", ("source.png", _png(360, 480, 10_000 + seed), "image/png")),
         ("target_image", ("target.png", _png(400, 560, seed), "image/png")),
     ]
 
@@ -130,6 +131,13 @@ def _replica_pids(deployment: str) -> dict[str, int]:
         for actor_id, info in ray._private.state.actors().items()
         if info["ActorClassName"] == f"ServeReplica:{APP}:{deployment}" and info["State"] == "ALIVE"
     }
+
+
+def _ongoing(actor_id: str) -> int:
+    """Requests the replica actor ``actor_id`` is serving now (its own count)."""
+    name = ray._private.state.actors()[actor_id]["Name"]
+    replica = ray.get_actor(name, namespace="serve")
+    return int(ray.get(replica.get_num_ongoing_requests.remote(), timeout=30))
 
 
 def _running(deployment: str) -> int:
@@ -239,8 +247,11 @@ def test_killing_a_model_replica_under_load_fails_no_request(
 
     with ThreadPoolExecutor(1) as runner:
         in_flight = runner.submit(_wave, app, range(200, 200 + IN_FLIGHT))
-        # the wave's calls reach the deployment and wait there for their batch (up to 1 s)
-        time.sleep(0.6 if deployment == "FaceDetector" else 1.8)
+        # kill once the victim holds some of the wave's calls (they wait up to 1 s for their batch)
+        seen = 0
+        while seen < 1 and not in_flight.done():
+            seen = max(seen, _ongoing(victim_id))
+        assert seen, "the wave ended before it reached the replica"
         os.kill(victim_pid, signal.SIGKILL)
         killed_at = time.monotonic()
         first = in_flight.result(timeout=CLIENT_TIMEOUT_S + 30)

@@ -250,7 +250,7 @@ def test_check_fails_after_the_serve_config_changes(tmp_path: Path) -> None:
     assert gen.main(["--check", "--repo", str(repo)]) == 0
     regenerated = yaml.safe_load((repo / "configs" / "rayservice.yaml").read_text())
     assert _group(regenerated, "gpu")["maxReplicas"] == 7
-    assert _group(regenerated, "cpu")["maxReplicas"] == 2
+    assert _group(regenerated, "cpu")["maxReplicas"] == 4  # 8 ingress replicas + 8 job runners, 1 CPU each
     assert AppArgs.parse(
         yaml.safe_load(regenerated["spec"]["serveConfigV2"])["applications"][0]["args"]
     ).swapper == (AppArgs.parse(yaml.safe_load(serve.read_text())["applications"][0]["args"]).swapper)

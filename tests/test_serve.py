@@ -189,6 +189,7 @@ def test_swap_returns_the_seed_json_shape(tm: str, http: httpx.Client, local_pip
         "faces_swapped",
         "faces_processed",
         "components",
+        "notices",
     }
     assert body["success"] is True and body["message"] == "swapped 1 face"
     assert body["request_id"] == "req-json-1" == response.headers["x-request-id"]
@@ -345,6 +346,7 @@ def test_health_readiness_openapi_and_page(tm: str, http: httpx.Client, local_pi
         ("/api/v1/swap", "post"),
         ("/api/v1/jobs", "post"),
         ("/api/v1/tasks/{task_id}", "get"),
+        ("/api/v1/tasks/{task_id}", "delete"),
         ("/api/v1/tasks/{task_id}/result", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),

@@ -266,6 +266,7 @@ def test_openapi_documents_every_option_with_its_default() -> None:
         "faces_swapped": 1,
         "faces_processed": 1,
         "components": {"profile": "lite", "embedder": None},
+        "notices": [],
     }
     jsonschema.validate(
         success,

@@ -47,6 +47,8 @@ class Swapper(Protocol):
     crop_size: int
     identity: IdentityKind
     identity_dim: int | None
+    notice: str | None
+    """What a user should know about results of this swapper (None: nothing)."""
 
     def swap_crops(self, crops: CropsBGR, identities: np.ndarray) -> CropsBGR | tuple[CropsBGR, Masks]:
         """(N, S, S, 3) BGR target crops, N identities -> (N, S, S, 3) BGR swapped crops, optionally with

@@ -99,6 +99,13 @@ class MeshSwapper:
     identity = "crop"
     """The source face itself, aligned like the target crops."""
     identity_dim = None
+    notice = (
+        "the classical no-download swapper ran: it moves the source's features onto the target's face, "
+        "without a trained model. For FaceFusion's inswapper_128: `faceswap models download inswapper_128 "
+        "arcface_w600k_r50` (InsightFace weights, non-commercial research only), then the auto or full "
+        "profile."
+    )
+    """Said with every result it makes (responses, CLI, page)."""
 
     def __init__(
         self,

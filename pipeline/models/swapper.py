@@ -53,6 +53,7 @@ class InswapperSwapper:
     """
 
     identity = "embedding"
+    notice = None
 
     def __init__(
         self,
