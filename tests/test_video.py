@@ -549,7 +549,10 @@ def test_frame_files_read_as_a_video_with_the_same_checks(tmp_path):
     frames = list(read_frame_files(paths, Fraction(10)))
     assert [(f.index, f.pts, f.time_s) for f in frames] == [(i, i, i / 10) for i in range(4)]
     assert all(np.array_equal(f.image, _synthetic_frame(i, 40, 30)) for i, f in enumerate(frames))
-    assert [(f.index, f.time_s) for f in read_frame_files(paths, Fraction(10), start=2)] == [(2, 0.2), (3, 0.3)]
+    assert [(f.index, f.time_s) for f in read_frame_files(paths, Fraction(10), start=2)] == [
+        (2, 0.2),
+        (3, 0.3),
+    ]
     with pytest.raises(PayloadTooLargeError, match="longer than the limit of 0.3 s"):
         list(read_frame_files(paths, Fraction(10), limits=VideoLimits(max_duration_s=0.3)))
     with pytest.raises(PayloadTooLargeError):

@@ -11,7 +11,7 @@ Modules, by concern:
 - :mod:`.config`: :class:`BatchJobConfig` (what a job does) and :class:`BatchJobResult` (what it wrote);
 - :mod:`.storage`: pyarrow.fs paths, staging remote inputs locally, uploading outputs;
 - :mod:`.targets`: planning each target in the driver (probe, frames, outputs);
-- :mod:`.decode`: the ordered decode stage (a Ray Data task per target; no model code);
+- :mod:`.decode`: the ordered decode stage (one Ray Data actor, each video's pieces in order; no model code);
 - :mod:`.swap`: the swap stage (Ray Data actors running the one orchestration);
 - :mod:`.sink`: the driver's writer: videos (audio copied, provenance label) and Parquet;
 - :mod:`.job`: :func:`run_batch_job`, the dataset and its execution settings;
