@@ -38,7 +38,11 @@ def embedder_info(model: Embedder) -> EmbedderInfo:
 
 def swapper_info(model: Swapper) -> SwapperInfo:
     return SwapperInfo(
-        model.name, CropSpec(model.template, model.crop_size), model.identity, model.identity_dim
+        model.name,
+        CropSpec(model.template, model.crop_size),
+        model.identity,
+        model.identity_dim,
+        model.notice,
     )
 
 
