@@ -4,7 +4,8 @@ client workers and a wall-clock limit; records every error by status and code an
 Usage::
 
     python -m bench.load_test [--requests 200] [--concurrency 8] [--time-limit-s 120] [--timeout-s 60]
-        [--assets DIR] [--source NAME] [--target NAME] [--allow CODE ...] [--url URL] [--json OUT]
+        [--rate RPS] [--memory-every-s 5] [--assets DIR] [--source NAME] [--target NAME] [--allow CODE ...]
+        [--url URL] [--json OUT]
 
 Without ``--url`` it starts a local Ray (``--num-cpus``, one logical GPU), deploys the ``lite`` profile
 (no ONNX model, no download) at ``/`` on a free 127.0.0.1 port, sends the requests and shuts Ray down.
@@ -13,9 +14,12 @@ The request: the real photos ``--source`` and ``--target`` from ``--assets/image
 ``../shared/assets``), JSON response.
 
 Bounds: the workers stop taking new requests at ``--time-limit-s`` (the rest count as ``not_sent``) and
-each request gives up after ``--timeout-s``, so a run ends within about their sum. An error is
-*unexpected* unless its code is in ``--allow`` (e.g. ``overloaded`` when loading past the admission
-limits on purpose); the exit status is 1 when any error was unexpected.
+each request gives up after ``--timeout-s``, so a run ends within about their sum; ``--rate`` paces the
+requests (the i-th starts no sooner than i / rate seconds in). An error is *unexpected* unless its code is
+in ``--allow`` (e.g. ``overloaded`` when loading past the admission limits on purpose), and a 503 without
+``Retry-After`` always is; the exit status is 1 when any error was unexpected. With a local app,
+``--memory-every-s`` samples the resident memory of its ingress replica and of Serve's HTTP proxy during
+the run (does it stay flat?).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ LITE_ARGS: dict[str, Any] = {
     "ingress": {"num_cpus": 0},
     "detector": {"num_cpus": 0},
     "swapper": {"num_cpus": 0},
+    "landmarker": {"num_cpus": 0},
 }
 """The deployed application: the lite profile, every deployment at 0 CPUs so any machine places it."""
 
@@ -94,6 +99,8 @@ class LoadResult:
     p99_ms: float | None = None
     max_ms: float | None = None
     first_unexpected: str = ""
+    memory: list[dict[str, float]] = field(default_factory=list)
+    """Samples ``{"t_s", "ingress_mib", "proxy_mib"}`` (resident memory), when asked for."""
 
 
 def check_loopback(url: str) -> str:
@@ -127,10 +134,11 @@ def run_load(
     time_limit_s: float,
     timeout_s: float = 60.0,
     allowed_codes: Sequence[str] = (),
+    rate: float | None = None,
 ) -> LoadResult:
     """Send ``requests`` swaps of ``payload`` to ``url`` (the app's base URL, loopback only) from
-    ``concurrency`` threads, one keep-alive connection each, and stop starting new ones after
-    ``time_limit_s``."""
+    ``concurrency`` threads, one keep-alive connection each, at most ``rate`` per second, and stop starting
+    new ones after ``time_limit_s``."""
     base = check_loopback(url)
     if requests < 1 or concurrency < 1 or time_limit_s <= 0 or timeout_s <= 0:
         raise ValueError("requests, concurrency, time_limit_s and timeout_s must be positive")
@@ -157,7 +165,9 @@ def run_load(
                     if remaining[0] <= 0 or time.perf_counter() >= deadline:
                         return
                     remaining[0] -= 1
+                    start_at = started + result.sent / rate if rate else 0.0
                     result.sent += 1
+                time.sleep(max(0.0, start_at - time.perf_counter()))
                 t0 = time.perf_counter()
                 try:
                     response = client.post(f"{base}{SWAP_URL_PATH}", files=list(payload.files), data=data)
@@ -168,6 +178,8 @@ def run_load(
                 if response.is_success:
                     with lock:
                         latencies.append(elapsed)
+                elif response.status_code == 503 and "retry-after" not in response.headers:
+                    record_error("503 without Retry-After", "no-retry-after")
                 else:
                     record_error(*_error_key(response))
 
@@ -189,6 +201,60 @@ def run_load(
         "%d ok of %d sent, %d errors, p99 %s ms", result.ok, result.sent, sum(errors.values()), result.p99_ms
     )
     return result
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB (``/proc/<pid>/status``)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def serve_pids(app: str) -> dict[str, int]:
+    """Process ids of the app's ingress replica and of Serve's HTTP proxy, from the GCS actor table."""
+    import ray
+
+    pids: dict[str, int] = {}
+    for info in ray._private.state.actors().values():
+        if info["State"] != "ALIVE":
+            continue
+        if info["ActorClassName"] == f"ServeReplica:{app}:SwapIngress":
+            pids["ingress"] = int(info["Pid"])
+        elif info["ActorClassName"] == "ProxyActor":
+            pids["proxy"] = int(info["Pid"])
+    return pids
+
+
+@contextmanager
+def memory_samples(pids: dict[str, int], every_s: float, into: list[dict[str, float]]) -> Iterator[None]:
+    """Append a resident-memory sample of ``pids`` to ``into`` every ``every_s`` seconds while the block runs
+    (and one at each end)."""
+    stop = threading.Event()
+    started = time.perf_counter()
+
+    def sample() -> None:
+        into.append(
+            {
+                "t_s": round(time.perf_counter() - started, 1),
+                **{f"{k}_mib": round(_rss_mib(p), 1) for k, p in pids.items()},
+            }
+        )
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            sample()
+
+    sample()
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        sample()
 
 
 def photo_payload(assets: Path, source: str = SOURCE_IMAGE, target: str = TARGET_IMAGE) -> Payload:
@@ -233,6 +299,11 @@ def render(result: LoadResult) -> str:
     ]
     columns = [(key, key) for key in rows[0]]
     table = format_table(rows, columns)
+    if result.memory:
+        keys = list(result.memory[0])
+        table += "\n\nresident memory (MiB) during the run:\n" + format_table(
+            result.memory, [(k, k.replace("_mib", " MiB")) for k in keys]
+        )
     if result.errors:
         table += "\n\n" + format_table(
             [{"error": key, "count": count} for key, count in result.errors.items()],
@@ -253,6 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--allow", nargs="*", default=[], help="error codes that are not failures")
     parser.add_argument("--url", help="a running service (loopback only) instead of a local lite app")
     parser.add_argument("--num-cpus", type=int, default=None)
+    parser.add_argument("--rate", type=float, help="requests per second at most (default: as fast as it can)")
+    parser.add_argument(
+        "--memory-every-s", type=float, help="with a local app: sample ingress and proxy memory this often"
+    )
     parser.add_argument("--json", type=Path, help="write the result and the environment here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -270,13 +345,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             time_limit_s=args.time_limit_s,
             timeout_s=args.timeout_s,
             allowed_codes=args.allow,
+            rate=args.rate,
         )
 
     if args.url:
         result = run(args.url)
     else:
         with local_lite_app(args.num_cpus) as url:
-            result = run(url)
+            samples: list[dict[str, float]] = []
+            if args.memory_every_s:
+                with memory_samples(serve_pids(APP_NAME), args.memory_every_s, samples):
+                    result = run(url)
+            else:
+                result = run(url)
+            result.memory = samples
     sys.stdout.write(render(result) + "\n")
     if args.json:
         config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}

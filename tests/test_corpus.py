@@ -10,9 +10,14 @@ observed, the swap after it) is printed at the end of the module and written to
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,9 @@ from tests.corpus import Case, CaseRequest, Inputs  # noqa: E402
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
 INPUTS = Inputs()
+SLOW_IDLE_S = 3.0
+SLOW_GRACE_S = 2.0
+"""The corpus app's upload pace: a body may pause 3 s, and must average 20 KB/s after 2 s."""
 CASES = [
     *corpus.image_api_cases(INPUTS),
     *corpus.video_cases(INPUTS, source_field="source_image", video_field="target_video"),
@@ -97,6 +105,10 @@ def app(test_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
                 "num_cpus": 0,
                 "max_upload_bytes": corpus.MAX_UPLOAD_BYTES,
                 "max_pixels": corpus.MAX_PIXELS,
+                "max_inflight_swaps": 4,
+                "upload_idle_timeout_s": SLOW_IDLE_S,
+                "upload_grace_s": SLOW_GRACE_S,
+                "upload_min_bytes_per_s": 20_000,
             },
             "detector": {"num_cpus": 0},
             "embedder": {"num_cpus": 0},
@@ -249,3 +261,49 @@ def test_oversize_is_rejected_before_decoding(case: Case, monkeypatch: pytest.Mo
     monkeypatch.setattr(imageio.cv2, "imdecode", no_decode)
     with pytest.raises(PayloadTooLargeError):
         imageio.decode_image(data, field="target_image", max_pixels=corpus.MAX_PIXELS)
+
+
+def _slow_upload(url: str, pause_s: float, chunks: int) -> tuple[int, dict[str, str], bytes]:
+    """A client that declares a 1 MB multipart body and then sends 16 bytes every ``pause_s`` seconds."""
+    parsed = urllib.parse.urlsplit(url)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=60) as sock:
+        head = (
+            f"POST {corpus.SWAP_PATH} HTTP/1.1\r\nHost: {parsed.hostname}\r\n"
+            "Content-Type: multipart/form-data; boundary=slow\r\nContent-Length: 1000000\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b"--slow\r\n")
+        try:
+            for _ in range(chunks):
+                time.sleep(pause_s)
+                sock.sendall(b"x" * 16)
+        except OSError:  # the server answered and closed: read what it said
+            pass
+        reply = http.client.HTTPResponse(sock)
+        reply.begin()
+        return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
+
+
+@pytest.mark.parametrize("pause_s", [0.5, SLOW_IDLE_S + 1.0], ids=["trickle", "stall"])
+def test_slow_uploads_are_cut_with_408_and_block_no_one(app: App, pause_s: float) -> None:
+    """Eight clients that declare a full body and trickle it (or stop) do not hold the swap slots (the body is
+    read before a slot is taken) and are answered 408 JSON once under the pace; a normal swap goes through
+    meanwhile."""
+    with ThreadPoolExecutor(8) as pool:
+        slow = [pool.submit(_slow_upload, app.url, pause_s, 12) for _ in range(8)]
+        time.sleep(0.5)
+        assert _normal_swap(app.url) == "200"
+        answers = [future.result(timeout=90) for future in slow]
+    for status, headers, body in answers:
+        assert status == 408, (status, body[:200])
+        payload = json.loads(body)
+        assert payload["code"] == "request_timeout" and payload["request_id"] == headers["x-request-id"]
+
+
+def test_the_page_is_served_with_security_headers(app: App) -> None:
+    reply = corpus.send(app.url, CaseRequest(method="GET", path="/"))
+    assert reply.status == 200 and reply.headers["content-type"].startswith("text/html")
+    policy = reply.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy and "'sha256-" in policy
+    assert reply.headers["x-content-type-options"] == "nosniff" and reply.headers["x-frame-options"] == "DENY"
+    api = corpus.send(app.url, CaseRequest(method="GET", path="/openapi.json"))
+    assert api.headers["x-content-type-options"] == "nosniff"

@@ -353,3 +353,44 @@ def test_restarting_the_application_during_a_video_job(
         assert result.headers["content-type"] == "video/mp4"
         info = probe_video(io.BytesIO(result.content))
         assert (info.frame_count, info.width, info.height) == (frames, 192, 144)
+
+
+def test_killing_a_job_runner_retries_the_job(app: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The runner of a running job is killed (its process, SIGKILL): the leader notices the runner is gone,
+    starts attempt 2, and the job completes (or fails with its reason); it is never lost or stuck."""
+    frames = 160
+    video = corpus.mp4_video(frames=frames, size=(192, 144), fps=20)
+    with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
+        response = client.post(
+            f"{app}/api/v1/jobs",
+            files=[
+                ("source_image", ("source.png", SOURCE, "image/png")),
+                ("target_video", ("target.mp4", video, "video/mp4")),
+            ],
+        )
+        assert response.status_code == 202, response.text
+        task_id = response.json()["task_id"]
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        task = _task(client, app, task_id)
+        while task["status"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            task = _task(client, app, task_id)
+        runner = f"faceswap-job-{task_id}-1"
+        pid = next(
+            int(info["Pid"])
+            for info in ray._private.state.actors().values()
+            if info["Name"] == runner and info["State"] == "ALIVE"
+        )
+        os.kill(pid, signal.SIGKILL)
+        killed_at = task
+        while task["status"] not in ("completed", "failed") and time.monotonic() < deadline:
+            time.sleep(0.25)
+            task = _task(client, app, task_id)
+    with capsys.disabled():
+        sys.stdout.write(
+            f"\njob {task_id}: runner {runner} (pid {pid}) killed at {killed_at['frames_done']}/{frames} "
+            "frames; "
+            f"ended {task['status']} after {task['attempts']} attempts ({task.get('error') or 'no error'})\n"
+        )
+    assert task["attempts"] >= 2, task
+    assert task["status"] == "completed" or (task["status"] == "failed" and task["error_code"]), task
