@@ -6,8 +6,9 @@
   being swapped.
 - :class:`LiveStream`: the per-connection state: a causal :class:`~pipeline.follow.KeyframeTracker` (the
   detector runs on keyframes only, faces are followed by optical flow in between and smoothed with the
-  One-Euro filter), a :class:`~pipeline.tracking.TrackSelector` (``one`` keeps the same person) and the
-  swap of each frame through the one orchestration (``swap_frames(..., faces=tracked)``).
+  One-Euro filter), a :class:`~pipeline.tracking.TrackSelector` (``one`` keeps the same person, until a
+  keyframe finds faces but not that one) and the swap of each frame through the one orchestration
+  (``swap_frames(..., faces=tracked)``).
 - :class:`ThreadedSwapper`: a swapper port over an in-process model that runs it in a worker thread, so a
   server's event loop keeps serving meanwhile (the in-process ports of :mod:`pipeline.inprocess` run on
   the caller's thread).
@@ -172,7 +173,12 @@ class LiveStream:
         )
         return found.result()[0]
 
-    def _select(self, tracked: Sequence[TrackedFace]) -> list[Face]:
+    def _select(self, tracked: Sequence[TrackedFace], keyframe: bool) -> list[Face]:
+        """The faces to swap. On a keyframe where the detector found faces, only those: a track it did not
+        confirm is coasting on its motion (the face is hidden, or gone, as at a cut) and would be swapped
+        at a guessed place; ``one`` then moves to the largest face found."""
+        if keyframe and any(face.source == "detected" for face in tracked):
+            tracked = [face for face in tracked if face.source == "detected"]
         chosen = self._selector.select(tracked) if self._selector is not None else list(tracked)
         return [face.to_face() for face in chosen]
 
@@ -182,7 +188,8 @@ class LiveStream:
         calls = self._tracker.detector_calls
         tracked = await self._loop.run_in_executor(self._steps, self._tracker.process, self.frames, image)
         self.frames += 1
-        return Tracked(self._select(tracked), len(tracked), self._tracker.detector_calls > calls)
+        keyframe = self._tracker.detector_calls > calls
+        return Tracked(self._select(tracked, keyframe), len(tracked), keyframe)
 
     async def swap(self, image: ImageBGR, tracked: Tracked) -> LiveFrame:
         """Swap the tracked faces of ``image``."""

@@ -222,6 +222,29 @@ def test_a_live_stream_swaps_every_frame_with_keyframe_detection(lite: SwapOrche
     assert results[-1].faces == [] and np.array_equal(results[-1].image, np.full_like(frames[0], 90))
 
 
+def test_after_a_cut_the_face_is_swapped_where_it_is_now(lite: SwapOrchestrator) -> None:
+    """A jump (a cut, or a looping camera clip): the old track coasts on its motion for a few frames, but
+    the detector finds the face elsewhere at once, and that is where it is swapped."""
+    source = read_image_file(str(bundled_image(SOURCE)))
+    identity, _ = asyncio.run(make_identity(lite, source, SwapOptions()))
+    before, after = clip(6), clip(30)[24:]  # the photo jumps by 72 px right and 24 px down
+
+    async def run() -> list[Any]:
+        with ThreadPoolExecutor(1) as steps:
+            stream = LiveStream(
+                lite, identity, SwapOptions(), steps=steps, detect_every=4, max_gap=5, smoothing=0.5
+            )
+            return [await stream.process(frame) for frame in before + after]
+
+    results = asyncio.run(run())
+    truth = asyncio.run(lite.detect(after, 0.5))
+    for result, found in zip(results[len(before) :], truth, strict=True):
+        assert len(result.faces) == 1
+        centre = (result.faces[0].bbox[:2] + result.faces[0].bbox[2:]) / 2
+        expected = (found[0].bbox[:2] + found[0].bbox[2:]) / 2
+        assert np.linalg.norm(centre - expected) < 10, (centre, expected)
+
+
 # -- on a real Serve app --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
