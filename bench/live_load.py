@@ -10,7 +10,9 @@ a frame to receiving its swapped answer, on this client) and the frames the serv
 Without ``--url`` it deploys the application on a fresh local Ray (``--num-cpus`` CPUs, no GPU; the
 ``--profile`` models, ``lite`` = the default no-download models; ``--app-args`` JSON is merged into the
 application args, e.g. ``'{"live": {"pipeline_depth": 1}}'``). Each level of ``--connections`` runs in
-turn against the same application. The clip (default: the shared 640x480 test video) is resized to
+turn against the same application, and the CPU time of every process of that local Ray (the ingress, the
+proxy, each model deployment, Ray's own) is read from /proc before and after each level and printed per
+answered frame. The clip (default: the shared 640x480 test video) is resized to
 ``--size`` and encoded to JPEG (quality 80, as the try-it page sends) once, before any connection opens;
 frames are sent on a fixed schedule whatever comes back (the service drops what it cannot swap in time,
 latest frame wins), looping over the clip. The first ``--warmup`` seconds of every connection are not
@@ -79,6 +81,46 @@ class Connection:
             "keyframes": self.keyframes,
             "error": self.error,
         }
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """Every live process below ``root``: pid -> its role (``SwapIngress``, ``ProxyActor``, ``raylet``...)."""
+    parents: dict[int, int] = {}
+    titles: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        # Ray titles its workers ray::<class>[:<app>:<deployment>][.<method>]
+        role = title.removeprefix("ray::").split(":")[-1].split(".")[0] if title.startswith("ray::") else ""
+        titles[int(entry.name)] = role or Path(title.split()[0] if title else "?").name
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in found:
+                found[child] = titles[child]
+                frontier.append(child)
+    return found
+
+
+def cpu_seconds(pids: dict[int, str]) -> dict[str, float]:
+    """User + system CPU seconds of each process so far, summed by role."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for pid, role in pids.items():
+        try:
+            fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        totals[role] = totals.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return totals
 
 
 def clip_frames(path: Path, size: tuple[int, int]) -> list[bytes]:
@@ -234,20 +276,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"clip {args.clip.name}: {len(frames)} frames at {width}x{height}, "
           f"mean {np.mean([len(f) for f in frames]) / 1024:.0f} KiB as JPEG")  # fmt: skip
 
-    def measure(url: str) -> dict[int, list[Connection]]:
+    cpu: dict[str, dict[str, float]] = {}
+
+    def measure(url: str, local: bool) -> dict[int, list[Connection]]:
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         identity_id = make_identity(url, args.source, headers)
         levels = {}
         for count in args.connections:
             before = os.getloadavg()[0]
+            pids = {**(_descendants(os.getpid()) if local else {}), os.getpid(): "client"}
+            used = cpu_seconds(pids)
             levels[count] = asyncio.run(run_level(url, identity_id, frames, count, args))
+            spent = {k: v - used.get(k, 0.0) for k, v in cpu_seconds(pids).items()}
+            answered = sum(c.answered for c in levels[count]) or 1
+            counted = args.duration / (args.warmup + args.duration + 1.0)  # the CPU of the counted seconds
+            per_frame = {k: round(1000 * v * counted / answered, 1) for k, v in spent.items() if v > 0.05}
+            cpu[str(count)] = dict(sorted(per_frame.items(), key=lambda kv: -kv[1]))
             after = os.getloadavg()[0]
-            print(f"[{count} connection(s): load average {before:.2f} before, {after:.2f} after]")
+            print(f"[{count} connection(s): load average {before:.2f} before, {after:.2f} after; "
+                  f"CPU ms per answered frame: {cpu[str(count)]}]")  # fmt: skip
         return levels
 
     app_args: dict[str, Any] = {}
     if args.url:
-        levels = measure(args.url.rstrip("/"))
+        levels = measure(args.url.rstrip("/"), local=False)
     else:
         from ray import serve
 
@@ -265,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             app_args[key] = {**app_args.get(key, {}), **value} if isinstance(value, dict) else value
         with local_serve(num_cpus=args.num_cpus, num_gpus=0) as url:
             serve.run(build_app(app_args), name="live-bench", route_prefix="/")
-            levels = measure(url)
+            levels = measure(url, local=True)
     summary = report(levels, args.duration)
     if args.json:
         write_json(
@@ -274,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                 "environment": environment(),
                 "settings": {**{k: str(v) for k, v in vars(args).items()}, "app_args": app_args},
                 "levels": summary,
+                "cpu_ms_per_frame": cpu,
                 "raw": {str(k): [asdict(c) for c in v] for k, v in levels.items()},
             },
         )

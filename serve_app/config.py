@@ -322,9 +322,10 @@ class LiveArgs(_Strict):
     ticket_ttl_s: float = Field(default=60.0, gt=0, le=3600)
     """Lifetime of a connection ticket (``POST /api/v1/live/tickets``)."""
     jpeg_quality: int = Field(default=80, ge=1, le=100)
-    pipeline_depth: int = Field(default=2, ge=1, le=8)
-    """Frames of one connection in flight at once: while one is swapped the next is decoded and tracked
-    (1: one frame at a time). Frames still leave in order."""
+    pipeline_depth: int = Field(default=1, ge=1, le=8)
+    """Frames of one connection in flight at once. 1: one frame at a time, the least latency. 2: the next
+    frame is decoded and tracked while one is swapped: more frames per second for one connection where
+    cores are free, about twice the latency. Frames leave in order either way."""
     detect_every: int = Field(default=4, ge=1, le=100)
     """Keyframe interval of the tracker: the detector runs every this many frames (or sooner when
     following a face fails)."""

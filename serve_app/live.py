@@ -6,8 +6,8 @@ one-frame mailbox (:class:`pipeline.live.LatestFrame`: the latest frame wins, th
 dropped and counted); a tracker takes the waiting frame, decodes and tracks it (:class:`pipeline.live.
 LiveStream`: a causal keyframe tracker per connection, the detector deployment called on keyframes only)
 and starts its swap; a sender sends the swapped frames back in order, each with its header. At most one
-frame waits and ``live.pipeline_depth`` (2) are tracked or swapped per connection, whatever the client
-sends: the next frame is tracked while the previous one is swapped.
+frame waits and ``live.pipeline_depth`` (default 1) are tracked or swapped per connection, whatever the
+client sends (with 2, the next frame is tracked while the previous one is swapped).
 
 The swap runs on the graph's own ports, with one exception measured for the default no-download
 models: the classical mesh swapper (CPU only, no GPU to share and nothing to gain from batching) runs in

@@ -58,15 +58,21 @@ _OPENING = 0.01
 """Radius (fraction of the crop side) of the opening and closing that clean the swapped region."""
 
 
-def skin_like(image: ImageBGR, sample: npt.NDArray[np.bool_], limit: float = 3.0) -> npt.NDArray[np.bool_]:
+def skin_like(
+    image: ImageBGR, sample: npt.NDArray[np.bool_], limit: float = 3.0, rows: int | None = None
+) -> npt.NDArray[np.bool_]:
     """(H, W) bool: pixels of ``image`` ((H, W, 3) uint8 BGR) whose LAB colour lies within ``limit``
     robust standard deviations (1.4826 x the median absolute deviation, per channel, Euclidean over the
-    channels) of the median colour over ``sample`` ((H, W) bool, some of the face's skin)."""
-    lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB).astype(np.float32)
-    values = lab[sample]
+    channels) of the median colour over ``sample`` ((H, W) bool, some of the face's skin). ``rows``: only
+    the first this many rows are classified (the others are False)."""
+    lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB)
+    values = lab[sample].astype(np.float32)
     median = np.median(values, axis=0)
     spread = np.maximum(1.4826 * np.median(np.abs(values - median), axis=0), 1.0)
-    return np.asarray(np.sqrt((((lab - median) / spread) ** 2).sum(axis=2)) < limit)
+    like = np.zeros(sample.shape, bool)
+    top = lab[:rows].astype(np.float32)
+    like[: len(top)] = np.sqrt((((top - median) / spread) ** 2).sum(axis=2)) < limit
+    return like
 
 
 def match_skin_tone(
@@ -250,8 +256,10 @@ class MeshSwapper:
         w = self._window(destination, target_mesh)
         top = w[0].start
         # above the brows swap only skin (in both faces), kept well away from any hair or hat edge.
-        other = ~(skin_like(warped[w], skin[w]) & skin_like(target[w], target_skin[w]))
-        other[max(0, brows - top) :] = False
+        above = max(0, brows - top)
+        like = skin_like(warped[w], skin[w], rows=above) & skin_like(target[w], target_skin[w], rows=above)
+        other = ~like
+        other[above:] = False
         reach = 2 * round(s * _HAIR_MARGIN) + 1
         kept = region[w] & (cv2.dilate(other.astype(np.uint8), np.ones((reach, reach), np.uint8)) == 0)
         region = np.zeros((s, s), bool)
