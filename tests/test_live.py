@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -247,12 +248,22 @@ def test_after_a_cut_the_face_is_swapped_where_it_is_now(lite: SwapOrchestrator)
 
 # -- on a real Serve app --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The lite profile with two API keys and small live limits, at ``/`` on a fresh local Ray."""
+def cluster() -> Iterator[dict[str, str]]:
+    """A fresh local Ray with Serve; custom metrics exported every second."""
+    from tests.local_ray import free_port, local_serve
+
+    port = free_port()
+    metrics = {"_metrics_export_port": port, "_system_config": {"metrics_report_interval_ms": 1000}}
+    with local_serve(num_cpus=2, num_gpus=0, **metrics) as url:
+        yield {"url": url, "metrics": f"http://127.0.0.1:{port}/metrics"}
+
+
+@pytest.fixture(scope="module")
+def app(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The lite profile with two API keys and small live limits, at ``/``."""
     from ray import serve
 
     from serve_app.app import build_app
-    from tests.local_ray import local_serve
 
     args = {
         "profile": "lite",
@@ -272,9 +283,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "swapper": {"num_cpus": 0},
         "landmarker": {"num_cpus": 0},
     }
-    with local_serve(num_cpus=2, num_gpus=0) as url:
-        serve.run(build_app(args), name="live", route_prefix="/")
-        yield url
+    serve.run(build_app(args), name="live", route_prefix="/")
+    return cluster["url"]
 
 
 def _headers(key: str) -> dict[str, str]:
@@ -523,6 +533,58 @@ def test_live_errors_close_with_their_codes(app: str) -> None:
         got_code, reason = found[case]
         assert (got_code, reason.split(":")[0]) == (code, prefix), (case, found[case])
         assert len(reason.encode()) <= 123
+
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
+
+
+def _metric(text: str, name: str, **labels: str) -> float | None:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (None when there is none)."""
+    found = None
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match and match["name"] == name:
+            tags = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"] or ""))
+            if labels.items() <= tags.items():
+                found = (found or 0.0) + float(match["value"])
+    return found
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_live_metrics_are_exported(app: str, cluster: dict[str, str]) -> None:
+    identity_id = _identity(app)["identity_id"]
+    data = [jpeg(frame) for frame in clip(12)]
+
+    async def burst() -> None:
+        ws = await _connect(app, _headers(KEY_A))
+        async with ws:
+            await ws.send(json.dumps({"identity_id": identity_id}))
+            await asyncio.wait_for(ws.recv(), 120)
+            for frame in data:
+                await ws.send(frame)
+            while read_frame_message(await asyncio.wait_for(ws.recv(), 120))[0]["seq"] < len(data) - 1:
+                pass
+
+    asyncio.run(burst())
+    ws_ok = {"route": "/api/v1/live", "method": "WS", "status": "101"}
+    wanted = {
+        "frames": ("ray_faceswap_live_frame_latency_seconds_count", {}),
+        "dropped": ("ray_faceswap_live_dropped_frames_total", {"reason": "backpressure"}),
+        "sessions": ("ray_faceswap_live_sessions", {}),
+        "requests": ("ray_faceswap_requests_total", ws_ok),
+    }
+    deadline = time.monotonic() + 60
+    while True:
+        text = httpx.get(cluster["metrics"], timeout=10).text
+        values = {k: _metric(text, name, application="live", **tags) for k, (name, tags) in wanted.items()}
+        # the gauge reads 0 once every connection has ended (it may show the last one for a report or two)
+        seen = None not in values.values() and values["frames"] and values["requests"]
+        if seen and values["sessions"] == 0:
+            break
+        assert time.monotonic() < deadline, values
+        time.sleep(0.5)
+    assert values["frames"] >= 1 and values["dropped"] >= 1 and values["requests"] >= 1
 
 
 def test_the_live_args_are_checked() -> None:
