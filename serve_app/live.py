@@ -97,6 +97,13 @@ class LiveDisabledError(FaceSwapError):
     code = "not_found"
 
 
+class UpgradeRequiredError(FaceSwapError):
+    """A plain HTTP request to the WebSocket route."""
+
+    status = 426
+    code = "upgrade_required"
+
+
 class TooManySessionsError(FaceSwapError):
     """The API key has as many live connections open on this replica as it may."""
 
@@ -144,8 +151,14 @@ class LiveService:
         self._defaults = Tracking(args.live.detect_every, args.live.max_gap, args.live.smoothing)
 
     def handlers(self) -> list[tuple[str, str, Callable[[Request], Awaitable[Response]]]]:
-        """(path, method, handler) of the HTTP route."""
-        return [(TICKETS_PATH, "POST", self.ticket)]
+        """(path, method, handler) of the HTTP routes: the tickets, and a plain GET of the WebSocket's path
+        (answered 426: the route speaks WebSocket only)."""
+        return [(TICKETS_PATH, "POST", self.ticket), (LIVE_PATH, "GET", self.upgrade_required)]
+
+    async def upgrade_required(self, request: Request) -> Response:
+        raise UpgradeRequiredError(
+            f"{LIVE_PATH} is a WebSocket: open it with the subprotocol {SUBPROTOCOL} (see openapi.json)"
+        )
 
     @property
     def sessions(self) -> int:
@@ -174,11 +187,11 @@ class LiveService:
         await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         key_id: str | None = None
         error: FaceSwapError | None = None
-        frames = 0
+        counts = {"received": 0, "rate": 0, "answered": 0}
         try:
             key_id = self._authenticate(websocket.headers, offered)
             with self._admit(key_id or ANONYMOUS):
-                frames = await self._serve(websocket, key_id or ANONYMOUS, request_id)
+                await self._serve(websocket, key_id or ANONYMOUS, request_id, counts)
         except WebSocketDisconnect:
             pass  # the client closed: nothing to answer
         except Exception as exc:
@@ -200,7 +213,8 @@ class LiveService:
             api_key_id=key_id,
             faces=None,
         )
-        log.info("live connection %s ended after %d frame(s)", request_id, frames)
+        received, answered = counts["received"], counts["answered"]
+        log.info("live connection %s: %d frame(s) received, %d answered", request_id, received, answered)
 
     def _authenticate(self, headers: Mapping[str, str], offered: Sequence[str]) -> str | None:
         """The connection's API key id (None when the service has no keys): from a ticket subprotocol,
@@ -249,9 +263,11 @@ class LiveService:
             raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
         return message
 
-    async def _serve(self, websocket: WebSocket, owner: str, request_id: str) -> int:
-        """Set the connection up from its first message, then swap its frames until it closes; returns
-        the frames answered."""
+    async def _serve(
+        self, websocket: WebSocket, owner: str, request_id: str, counts: dict[str, int]
+    ) -> None:
+        """Set the connection up from its first message, then swap its frames until it closes, counting
+        them in ``counts`` (``received``, ``rate``: dropped over the frame rate, ``answered``)."""
         first = await self._receive(websocket)
         text = first.get("text")
         if text is None:
@@ -286,7 +302,7 @@ class LiveService:
             )
         )
         label = {"request_id": request_id} if self._args.ingress.provenance else None
-        return await self._frames(websocket, stream, orchestrator.components, label)
+        await self._frames(websocket, stream, orchestrator.components, label, counts)
 
     async def _identity(self, setup: Setup, owner: str, main: SwapOrchestrator) -> Identity:
         if setup.identity_id is not None:
@@ -315,8 +331,9 @@ class LiveService:
         stream: LiveStream,
         components: Mapping[str, str | None],
         label: dict[str, Any] | None,
-    ) -> int:
-        """Serve the frames of one connection until it closes; returns the frames answered.
+        counts: dict[str, int],
+    ) -> None:
+        """Serve the frames of one connection until it closes, counting them in ``counts``.
 
         Three tasks: the reader puts each frame into the one-frame mailbox (dropping the one it
         replaces, or the frame itself when it comes faster than ``max_fps``); the tracker takes the
@@ -329,7 +346,6 @@ class LiveService:
         bucket = TokenBucket(live.max_fps, burst, burst, time.perf_counter())
         room = asyncio.Semaphore(live.pipeline_depth)
         swaps: asyncio.Queue[tuple[int, float, asyncio.Task[tuple[LiveFrame, bytes]]]] = asyncio.Queue()
-        counts = {"received": 0, "rate": 0, "answered": 0}
 
         async def read() -> None:
             while True:
@@ -405,7 +421,6 @@ class LiveService:
                     await task
         for task in done:
             task.result()  # the reader's disconnect or timeout, the tracker's or the sender's error
-        return counts["answered"]
 
     # -- the orchestration of live frames ---------------------------------------------------------------
     async def live_orchestration(self, main: SwapOrchestrator) -> SwapOrchestrator:

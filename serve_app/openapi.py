@@ -341,6 +341,7 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
             "description": "Face swapping on Ray Serve.",
         },
         "servers": [{"url": server_url}],
+        "x-websockets": openapi_live.websockets(security),
         "paths": {
             SWAP_PATH: {
                 "post": {

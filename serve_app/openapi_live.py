@@ -1,4 +1,5 @@
-"""OpenAPI path items and schemas of the identity and live routes (merged into ``serve_app.openapi``)."""
+"""OpenAPI path items and schemas of the identity and live routes (merged into ``serve_app.openapi``); the
+WebSocket itself goes into the document's ``x-websockets`` extension."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ SCHEMAS: Mapping[str, Any] = MappingProxyType(
 )
 
 LIVE_DESCRIPTION = (
-    "A WebSocket (this GET is its handshake). Offer the subprotocol faceswap.v1 (and, from a browser with "
+    "A WebSocket. Offer the subprotocol faceswap.v1 (and, from a browser with "
     "API keys, ticket.<ticket> from POST /api/v1/live/tickets; other clients send the key in the "
     "handshake's headers). First message, JSON text: {identity_id} or {source_image: base64}, optionally "
     "reference_image, options (the swap options) and tracking ({detect_every, smoothing, max_gap}); the "
@@ -72,9 +73,23 @@ LIVE_DESCRIPTION = (
 )
 
 
+def websockets(operation: Mapping[str, Any]) -> dict[str, Any]:
+    """The WebSocket route, for the document's ``x-websockets`` extension: OpenAPI 3.0 describes HTTP
+    operations only (a plain ``GET`` of the path is answered 426)."""
+    return {
+        LIVE_PATH: {
+            "operationId": "live",
+            "summary": "Live face swap of a stream of frames over a WebSocket.",
+            "description": LIVE_DESCRIPTION,
+            "subprotocols": [SUBPROTOCOL, f"{TICKET_PREFIX}<ticket>"],
+            **operation,
+        }
+    }
+
+
 def paths(errors: Mapping[str, Any], operation: Mapping[str, Any]) -> dict[str, Any]:
-    """The path items. ``errors``: the ingress' error responses by status; ``operation``: extra keys of
-    every operation (e.g. ``security``). Refers to the component schemas ``Error``, ``Identity`` and
+    """The HTTP path items. ``errors``: the ingress' error responses by status; ``operation``: extra keys
+    of every operation (e.g. ``security``). Refers to the component schemas ``Error``, ``Identity`` and
     ``LiveTicket``."""
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     auth = {code: errors[code] for code in ("401", "403", "429") if code in errors}
@@ -174,15 +189,6 @@ def paths(errors: Mapping[str, Any], operation: Mapping[str, Any]) -> dict[str, 
                     },
                     **auth,
                 },
-            }
-        },
-        LIVE_PATH: {
-            "get": {
-                "operationId": "live",
-                "summary": "Live face swap of a stream of frames over a WebSocket.",
-                "description": LIVE_DESCRIPTION,
-                **operation,
-                "responses": {"101": {"description": "Switching to the WebSocket protocol."}},
             }
         },
     }

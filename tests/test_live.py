@@ -514,6 +514,8 @@ def test_live_errors_close_with_their_codes(app: str) -> None:
         return found
 
     found = asyncio.run(closes())
+    plain = httpx.get(f"{app}/api/v1/live", headers=_headers(KEY_A), timeout=30)
+    assert_error(plain, 426, "upgrade_required")
     expected = {
         "no key": (4401, "unauthorized"),
         "wrong key": (4403, "forbidden"),
