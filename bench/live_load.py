@@ -128,9 +128,9 @@ def clip_frames(path: Path, size: tuple[int, int]) -> list[bytes]:
     frames = []
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
-            image = frame.to_ndarray(format="bgr24")
+            image = np.asarray(frame.to_ndarray(format="bgr24"), np.uint8)
             if (image.shape[1], image.shape[0]) != size:
-                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+                image = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8)
             ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             assert ok
             frames.append(data.tobytes())
@@ -164,8 +164,11 @@ async def run_connection(
     sent_at: dict[int, float] = {}
     try:
         async with websockets.connect(
-            ws_url, subprotocols=[SUBPROTOCOL], additional_headers=headers, max_size=2**24
-        ) as ws:  # type: ignore[arg-type]
+            ws_url,
+            subprotocols=[websockets.Subprotocol(SUBPROTOCOL)],
+            additional_headers=headers,
+            max_size=2**24,
+        ) as ws:
             await ws.send(json.dumps({"identity_id": identity_id}))
             ready = json.loads(await ws.recv())
             assert ready["type"] == "ready", ready

@@ -26,6 +26,7 @@ import json
 import math
 import struct
 from dataclasses import asdict, dataclass
+from types import MappingProxyType
 from typing import Any
 
 from pipeline.errors import FaceSwapError, InvalidInputError, InvalidOptionError, PayloadTooLargeError
@@ -43,7 +44,7 @@ MAX_REASON_BYTES = 123
 """A close frame's reason is at most 123 bytes of UTF-8 (RFC 6455, 5.5.1)."""
 _LENGTH = struct.Struct(">I")
 _SETUP_KEYS = frozenset({"identity_id", "source_image", "reference_image", "options", "tracking"})
-_TRACKING_LIMITS = {"detect_every": (1, 100), "max_gap": (0, 100), "smoothing": (0.0, 1.0)}
+_TRACKING_LIMITS = MappingProxyType({"detect_every": (1, 100), "max_gap": (0, 100), "smoothing": (0.0, 1.0)})
 
 
 @dataclass(frozen=True)

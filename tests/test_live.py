@@ -368,7 +368,7 @@ async def _connect(
 
     return await websockets.connect(
         _ws_url(url),
-        subprotocols=protocols or ["faceswap.v1"],  # type: ignore[list-item]
+        subprotocols=[websockets.Subprotocol(p) for p in protocols or ["faceswap.v1"]],
         additional_headers=headers or {},
         max_size=2**24,
         open_timeout=60,
@@ -437,7 +437,7 @@ def test_live_backpressure_drops_frames_and_the_latest_wins(app: str) -> None:
             await asyncio.wait_for(ws.recv(), 120)
             for frame in data:  # all at once: far faster than they are swapped
                 await ws.send(frame)
-            headers = []
+            headers: list[dict[str, Any]] = []
             while not headers or headers[-1]["seq"] < len(data) - 1:
                 headers.append(read_frame_message(await asyncio.wait_for(ws.recv(), 120))[0])
             return headers
