@@ -292,6 +292,7 @@ class LiveService:
                 identity_id=setup.identity_id,
                 components=orchestrator.components,
                 crop_size=orchestrator.ports.swapper.info.crop.size,
+                notice=orchestrator.ports.swapper.info.notice,
                 tracking=asdict(setup.tracking),
                 limits={
                     "max_fps": live.max_fps,

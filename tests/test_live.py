@@ -409,7 +409,7 @@ def test_live_frames_come_back_swapped_in_order(app: str) -> None:
     ready, answers, subprotocol = asyncio.run(session())
     assert subprotocol == "faceswap.v1"
     assert ready["type"] == "ready" and ready["identity_id"] == identity_id and ready["crop_size"] == 256
-    assert ready["components"]["swapper"] == "mesh_classical"
+    assert ready["components"]["swapper"] == "mesh_classical" and "classical" in ready["notice"]
     assert ready["limits"]["max_frame_bytes"] == 200_000
     assert [h["seq"] for h, _ in answers] == list(range(len(frames)))
     assert [h["dropped"] for h, _ in answers] == [0] * len(frames)
