@@ -280,6 +280,65 @@ class JobsArgs(_Strict):
         return self.is_node_local(self.store_uri)
 
 
+class IdentitiesArgs(_Strict):
+    """Kept source identities (``POST /api/v1/identities``, see ``serve_app.identities``)."""
+
+    store_uri: str = "/tmp/faceswap-identities"
+    """Local directory or ``pyarrow.fs`` URI where identities live; every ingress replica must see it (as
+    the job store)."""
+    ttl_s: float = Field(default=3600.0, ge=1)
+    """How long an identity is kept unless its request asks for less (``ttl_s``)."""
+    max_ttl_s: float = Field(default=86400.0, ge=1)
+    max_per_key: int = Field(default=1000, ge=1)
+    """Identities one API key may hold at once."""
+    cache_size: int = Field(default=64, ge=0)
+    """Identities each ingress replica keeps loaded."""
+    revalidate_s: float = Field(default=10.0, ge=0)
+    """A loaded identity is checked against the store again after this long (a DELETE elsewhere shows)."""
+    sweep_interval_s: float = Field(default=300.0, gt=0)
+    """Least time between two sweeps of expired identities (run after a create)."""
+
+    @model_validator(mode="after")
+    def _ttl_bounds(self) -> IdentitiesArgs:
+        if self.ttl_s > self.max_ttl_s:
+            raise ValueError("ttl_s must be <= max_ttl_s")
+        return self
+
+
+class LiveArgs(_Strict):
+    """Live swapping over a WebSocket (``WS /api/v1/live``, see ``serve_app.live``). Limits are per ingress
+    replica (as the API keys' rate limits)."""
+
+    max_sessions: int = Field(default=16, ge=0)
+    """Live connections one ingress replica serves at once; 0 turns live swapping off."""
+    max_sessions_per_key: int = Field(default=4, ge=1)
+    max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest frame message (JPEG or WebP)."""
+    max_frame_pixels: int = Field(default=1920 * 1080, ge=64 * 64)
+    max_fps: float = Field(default=30.0, gt=0, le=240)
+    """Frames a connection may send per second; faster ones are dropped (and reported)."""
+    idle_timeout_s: float = Field(default=15.0, gt=0)
+    """A connection that sends nothing for this long (the setup message included) is closed."""
+    ticket_ttl_s: float = Field(default=60.0, gt=0, le=3600)
+    """Lifetime of a connection ticket (``POST /api/v1/live/tickets``)."""
+    jpeg_quality: int = Field(default=80, ge=1, le=100)
+    pipeline_depth: int = Field(default=1, ge=1, le=8)
+    """Frames of one connection in flight at once. 1: one frame at a time, the least latency. 2: the next
+    frame is decoded and tracked while one is swapped: more frames per second for one connection where
+    cores are free, about twice the latency. Frames leave in order either way."""
+    detect_every: int = Field(default=4, ge=1, le=100)
+    """Keyframe interval of the tracker: the detector runs every this many frames (or sooner when
+    following a face fails)."""
+    max_gap: int = Field(default=5, ge=0, le=100)
+    """Frames a missed face is coasted on its motion."""
+    smoothing: float = Field(default=0.5, ge=0, le=1)
+    """One-Euro smoothing strength of the tracked landmarks (0 = raw)."""
+    mesh_crop_size: int | None = Field(default=256, ge=64, le=1024)
+    """With the classical mesh swapper: the crop side of live frames, swapped in the ingress replica (a
+    classical CPU model: no GPU to share, no batching to gain, and the crops need no Ray hop). None: live
+    frames go to the FaceSwapper deployment at its own crop side, as images do."""
+
+
 class AppArgs(_Strict):
     """Arguments of ``build_app``: which models run (profile, directories, overrides, providers) and how
     each deployment is placed and scaled."""
@@ -306,6 +365,8 @@ class AppArgs(_Strict):
     auth: AuthArgs = AuthArgs()
     ingress: IngressArgs = IngressArgs()
     jobs: JobsArgs = JobsArgs()
+    identities: IdentitiesArgs = IdentitiesArgs()
+    live: LiveArgs = LiveArgs()
     detector: ModelDeploymentArgs = ModelDeploymentArgs()
     embedder: ModelDeploymentArgs = ModelDeploymentArgs()
     swapper: ModelDeploymentArgs = ModelDeploymentArgs(max_ongoing_requests=32)

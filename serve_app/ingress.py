@@ -18,6 +18,11 @@ Routes (relative to the application's route prefix):
   ``GET /api/v1/tasks/{task_id}/result``: video jobs (``serve_app.jobs``), run on the same model
   deployments; this ingress also bids for the jobs leadership (one replica at a time queues, reconciles
   and cleans up).
+- ``POST /api/v1/identities``, ``GET``/``DELETE /api/v1/identities/{identity_id}``: kept source identities
+  (``serve_app.identities``); ``POST /api/v1/swap`` takes an ``identity_id`` field in place of
+  ``source_image``.
+- ``WS /api/v1/live`` and ``POST /api/v1/live/tickets``: live swapping of a stream of frames
+  (``serve_app.live``); the WebSocket authenticates itself (a key header or a ticket).
 - ``GET /healthz`` (this replica is up), ``GET /readyz`` (every model deployment answers),
   ``GET /openapi.json`` (``serve_app.openapi``) and ``GET /`` (a page to try a swap from a browser).
 
@@ -50,7 +55,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from pipeline.errors import InvalidInputError, OverloadedError
 from pipeline.identities import IdentityCache
@@ -68,7 +73,10 @@ from serve_app.errors import (
     to_service_error,
 )
 from serve_app.forms import negotiate, options_from_fields, read_multipart
+from serve_app.identities import IdentityService, owner_of, swap_encoded_by_identity
 from serve_app.jobs import JobService
+from serve_app.live import LiveService
+from serve_app.live_protocol import LIVE_PATH
 from serve_app.logs import log_request
 from serve_app.metrics import IngressMetrics
 from serve_app.openapi import openapi_spec
@@ -132,6 +140,8 @@ class SwapIngress:
         self._auth = ApiKeyAuth.from_args(args.auth)
         self._metrics = IngressMetrics()
         self._jobs = JobService(args, self._job_options)
+        self._identities = IdentityService(args.identities, args.ingress, self.orchestrator)
+        self._live = LiveService(args, self.orchestrator, self._identities, self._auth, self._metrics)
 
     def __serve_build_asgi_app__(self) -> Starlette:
         handlers: list[tuple[str, str, Callable[[Request], Awaitable[Response]]]] = [
@@ -141,10 +151,13 @@ class SwapIngress:
             ("/openapi.json", "GET", self._openapi),
             ("/", "GET", self._index),
             *self._jobs.handlers(),
+            *self._identities.handlers(),
+            *self._live.handlers(),
         ]
-        routes = [
+        routes: list[BaseRoute] = [
             Route(path, self._endpoint(path, handler), methods=[method]) for path, method, handler in handlers
         ]
+        routes.append(WebSocketRoute(LIVE_PATH, self._live.connect))
         return Starlette(
             routes=routes,
             exception_handlers={HTTPException: self._route_error},
@@ -240,6 +253,7 @@ class SwapIngress:
         try:
             if self._auth is not None and _route_path(request).startswith(API_PREFIX):
                 key_id = self._auth.authenticate(request.headers)
+                request.state.api_key_id = key_id
             response = await respond()
         except Exception as exc:
             response = error_response(exc, request_id)
@@ -277,17 +291,24 @@ class SwapIngress:
         ) as form:
             uploads = {key: await upload.read() for key, upload in form.files.items()}
             texts = dict(form.texts)
+        identity_id = texts.pop("identity_id", None)
         options = options_from_fields(texts)
         orchestrator = await self.orchestrator()
+        if identity_id is not None and "source_image" in uploads:
+            raise InvalidInputError("give source_image or identity_id, not both")
+        identity = await self._identities.resolve(owner_of(request), identity_id) if identity_id else None
+        quality, limit = self._limits.jpeg_quality, self._limits.max_pixels
+        label = {"request_id": request_id} if self._limits.provenance else None
         with self._admit(), metering() as meter:
-            encoded = await orchestrator.swap_encoded(
-                uploads,
-                options,
-                media_type=encoded_type,
-                quality=self._limits.jpeg_quality,
-                max_pixels=self._limits.max_pixels,
-                label={"request_id": request_id} if self._limits.provenance else None,
-            )
+            if identity is not None:
+                encoded = await swap_encoded_by_identity(
+                    orchestrator, identity, uploads, options,
+                    media_type=encoded_type, quality=quality, max_pixels=limit, label=label,
+                )  # fmt: skip
+            else:
+                encoded = await orchestrator.swap_encoded(
+                    uploads, options, media_type=encoded_type, quality=quality, max_pixels=limit, label=label
+                )
         result = encoded.result
         self._metrics.record_faces(result.faces_swapped)
         self._metrics.record_hop_bytes(meter.total)

@@ -16,6 +16,9 @@ tags and Ray exports them, prefixed with ``ray_``, from every node's metrics age
 - ``ray_faceswap_requests_total`` (counter; ``route``, ``method``, ``status``): ingress HTTP requests.
 - ``ray_faceswap_errors_total`` (counter; ``code``, ``route``): error responses by error code.
 - ``ray_faceswap_jobs`` (gauge; ``state``): jobs in each state, set through :class:`JobMetrics`.
+- ``ray_faceswap_live_sessions`` (gauge): open live connections of the replica (:class:`LiveMetrics`).
+- ``ray_faceswap_live_frame_latency_seconds`` (histogram): a live frame's arrival to its answer.
+- ``ray_faceswap_live_dropped_frames_total`` (counter; ``reason`` backpressure / rate): live frames dropped.
 """
 
 from __future__ import annotations
@@ -149,3 +152,35 @@ class JobMetrics:
         self._states = {**dict.fromkeys(self._states, 0), **counts}
         for state, count in self._states.items():
             self._gauge.set(count, tags={"state": state})
+
+
+DropReason = Literal["backpressure", "rate"]
+
+
+class LiveMetrics:
+    """Live connections, frame latency and dropped frames of one ingress replica."""
+
+    def __init__(self) -> None:
+        self._sessions = Gauge("faceswap_live_sessions", description="Open live connections.")
+        self._latency = Histogram(
+            "faceswap_live_frame_latency_seconds",
+            description="Seconds from a live frame's arrival to its swapped answer.",
+            boundaries=[float(b) for b in LATENCY_BUCKETS_S],
+        )
+        self._dropped = Counter(
+            "faceswap_live_dropped_frames",
+            description="Live frames dropped: replaced by a newer one before their swap (backpressure), "
+            "or sent faster than the frame-rate limit (rate).",
+            tag_keys=_tag_keys("reason"),
+        )
+        self._sessions.set(0)
+
+    def record_sessions(self, count: int) -> None:
+        self._sessions.set(count)
+
+    def record_frame(self, seconds: float) -> None:
+        self._latency.observe(seconds)
+
+    def record_dropped(self, reason: DropReason, frames: int = 1) -> None:
+        if frames:
+            self._dropped.inc(frames, tags={"reason": reason})

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pipeline.options import OptionFact, option_facts
+from serve_app import openapi_live
 from serve_app.auth import API_KEY_HEADER
 from serve_app.routes import (
     API_VERSION,
@@ -280,8 +281,10 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
     form_properties: dict[str, Any] = {
         "source_image": {
             **image,
-            "description": "Image whose largest face is the identity. Required when face_swapper runs.",
+            "description": "Image whose largest face is the identity. Required when face_swapper runs "
+            "(unless identity_id is given).",
         },
+        "identity_id": dict(openapi_live.IDENTITY_ID_FIELD),
         "target_image": {**image, "description": "Image whose faces are replaced."},
         "reference_image": {
             **image,
@@ -338,6 +341,7 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
             "description": "Face swapping on Ray Serve.",
         },
         "servers": [{"url": server_url}],
+        "x-websockets": openapi_live.websockets(security),
         "paths": {
             SWAP_PATH: {
                 "post": {
@@ -392,6 +396,7 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
                 }
             },
             **job_paths(option_schemas(), errors, security),
+            **openapi_live.paths(errors, security),
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
@@ -473,6 +478,7 @@ def openapi_spec(server_url: str = "/", *, auth: bool = False, rate_limit: bool 
                     },
                 },
                 **JOB_SCHEMAS,
+                **openapi_live.SCHEMAS,
                 "Error": {
                     "type": "object",
                     "required": ["success", "error", "code", "request_id"],

@@ -14,9 +14,20 @@ Crop: ``ffhq_512`` at 512 px. FFHQ alignment holds the whole face with a margin 
 55% of the side, about 280 px at 512), and it is the alignment the landmarker wants (scaled to 192). A
 face up to about 280 px across (eye to eye about 125 px) is therefore not downsampled at all; the shared
 photos' faces are 90-440 px wide, so only the largest lose detail, against 128 px for the classical swapper.
+Any other side works the same (every pixel setting scales with it): live video runs a smaller one.
+
+Speed: every per-pixel step after the warp runs on the window of the crop around the two faces, grown by
+the widest reach of those steps, so the result is the same, byte for byte, as computing them on the whole
+crop; and a swapper made with ``source_meshes`` > 0 finds a source's mesh once and keeps it (by the
+crop's bytes), for a stream of frames swapped to one source.
 """
 
 from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from collections import OrderedDict
 
 import cv2
 import numpy as np
@@ -43,17 +54,25 @@ _BROWS = list(LEFT_EYEBROW + RIGHT_EYEBROW)
 _SKIN_LABELS = (REGIONS.index("skin") + 1, REGIONS.index("nose") + 1)
 _HAIR_MARGIN = 0.03
 """How far (fraction of the crop side) the swap keeps away from hair or a hat above the brows."""
+_OPENING = 0.01
+"""Radius (fraction of the crop side) of the opening and closing that clean the swapped region."""
 
 
-def skin_like(image: ImageBGR, sample: npt.NDArray[np.bool_], limit: float = 3.0) -> npt.NDArray[np.bool_]:
+def skin_like(
+    image: ImageBGR, sample: npt.NDArray[np.bool_], limit: float = 3.0, rows: int | None = None
+) -> npt.NDArray[np.bool_]:
     """(H, W) bool: pixels of ``image`` ((H, W, 3) uint8 BGR) whose LAB colour lies within ``limit``
     robust standard deviations (1.4826 x the median absolute deviation, per channel, Euclidean over the
-    channels) of the median colour over ``sample`` ((H, W) bool, some of the face's skin)."""
-    lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB).astype(np.float32)
-    values = lab[sample]
+    channels) of the median colour over ``sample`` ((H, W) bool, some of the face's skin). ``rows``: only
+    the first this many rows are classified (the others are False)."""
+    lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB)
+    values = lab[sample].astype(np.float32)
     median = np.median(values, axis=0)
     spread = np.maximum(1.4826 * np.median(np.abs(values - median), axis=0), 1.0)
-    return np.asarray(np.sqrt((((lab - median) / spread) ** 2).sum(axis=2)) < limit)
+    like = np.zeros(sample.shape, bool)
+    top = lab[:rows].astype(np.float32)
+    like[: len(top)] = np.sqrt((((top - median) / spread) ** 2).sum(axis=2)) < limit
+    return like
 
 
 def match_skin_tone(
@@ -93,7 +112,9 @@ class MeshSwapper:
     oval) takes the source's proportions instead of the target's; the oval always follows the target so
     the clone fits the target's outline. ``forehead`` in [0, 1]: how much of the forehead above the brows
     may be swapped (the mesh reaches mid-forehead). ``feather``: width of the mask's soft inner edge as a
-    fraction of the crop side. Deterministic: the same crops give the same bytes.
+    fraction of the crop side. ``source_meshes``: how many source meshes to keep (least recently used
+    out; 0 = none), so a source swapped again is not landmarked again. Deterministic: the same crops give
+    the same bytes.
     """
 
     identity = "crop"
@@ -117,6 +138,7 @@ class MeshSwapper:
         shape_transfer: float = 1.0,
         forehead: float = 0.5,
         feather: float = 0.03,
+        source_meshes: int = 0,
     ) -> None:
         template_points(template, crop_size)  # validates template and crop_size
         if landmarker.template != template:
@@ -141,6 +163,13 @@ class MeshSwapper:
         inner[list(FACE_OVAL)] = False
         self._inner = inner
         """(468,) bool: the mesh points that move with ``shape_transfer``."""
+        self._opening = max(1, round(crop_size * _OPENING))
+        reach = round(crop_size * _HAIR_MARGIN)
+        self._margin = max(reach, 2 * self._opening + 1, math.ceil(self._feather_px) + 1) + 2
+        """Pixels around the meshes that the dilation, opening, closing, feathering and cloning may reach."""
+        self._keep = source_meshes
+        self._source_meshes: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     def swap_crops(self, crops: CropsBGR, identities: CropsBGR) -> tuple[CropsBGR, npt.NDArray[np.float32]]:
         """(N, S, S, 3) uint8 BGR target crops and (N, S, S, 3) uint8 BGR source crops, both aligned to
@@ -158,10 +187,31 @@ class MeshSwapper:
         masks = np.zeros((len(crops), s, s), np.float32)
         if len(crops) == 0:
             return out, masks
-        meshes, _ = self._landmarker.landmarks(np.concatenate([crops, identities]))
+        target_meshes, source_meshes = self._meshes(crops, identities)
         for i, (target, source) in enumerate(zip(crops, identities, strict=True)):
-            out[i], masks[i] = self._swap_one(target, source, meshes[i], meshes[len(crops) + i])
+            out[i], masks[i] = self._swap_one(target, source, target_meshes[i], source_meshes[i])
         return out, masks
+
+    def _meshes(self, crops: CropsBGR, identities: CropsBGR) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(N, 468, 2) meshes of the target crops and the mesh of each source crop: one landmarker call
+        for the targets and the sources (only those not kept from before when ``source_meshes`` > 0)."""
+        if self._keep == 0:
+            found, _ = self._landmarker.landmarks(np.concatenate([crops, identities]))
+            return found[: len(crops)], list(found[len(crops) :])
+        keys = [hashlib.blake2b(np.ascontiguousarray(i).data, digest_size=16).digest() for i in identities]
+        with self._lock:
+            known = {key: self._source_meshes[key] for key in keys if key in self._source_meshes}
+        new = list(dict.fromkeys(key for key in keys if key not in known))
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}
+        found, _ = self._landmarker.landmarks(np.concatenate([crops, identities[[first[k] for k in new]]]))
+        known.update(zip(new, found[len(crops) :], strict=True))
+        with self._lock:
+            for key in keys:
+                self._source_meshes[key] = known[key]
+                self._source_meshes.move_to_end(key)
+            while len(self._source_meshes) > self._keep:
+                self._source_meshes.popitem(last=False)
+        return found[: len(crops)], [known[key] for key in keys]
 
     def _destination(self, target_mesh: np.ndarray, source_mesh: np.ndarray) -> npt.NDArray[np.float32]:
         """(468, 2) float32: the target mesh, its inner points moved ``shape_transfer`` of the way to the
@@ -179,6 +229,16 @@ class MeshSwapper:
         oval[above, 1] = brows - self._forehead * (brows - oval[above, 1])
         return (hull_mask(oval, (self.crop_size, self.crop_size)) * covered) > 0
 
+    def _window(self, *meshes: np.ndarray) -> tuple[slice, slice]:
+        """Rows and columns of the crop around ``meshes`` grown by :attr:`_margin`: every per-pixel step
+        after the warp reads and writes only inside it (the regions are inside the meshes' hulls)."""
+        points = np.concatenate(meshes)
+        low = np.floor(points.min(axis=0)).astype(int) - self._margin
+        high = np.ceil(points.max(axis=0)).astype(int) + self._margin + 1
+        x0, y0 = np.clip(low, 0, self.crop_size)
+        x1, y1 = np.clip(high, 0, self.crop_size)
+        return slice(int(y0), int(y1)), slice(int(x0), int(x1))
+
     def _swap_one(
         self, target: ImageBGR, source: ImageBGR, target_mesh: np.ndarray, source_mesh: np.ndarray
     ) -> tuple[ImageBGR, Mask]:
@@ -193,19 +253,29 @@ class MeshSwapper:
         region = self._region(destination, brows, covered)
         if not skin.any() or not target_skin.any() or not region.any():
             return target.copy(), np.zeros((s, s), np.float32)
+        w = self._window(destination, target_mesh)
+        top = w[0].start
         # above the brows swap only skin (in both faces), kept well away from any hair or hat edge.
-        other = ~(skin_like(warped, skin) & skin_like(target, target_skin))
-        other[brows:] = False
+        above = max(0, brows - top)
+        like = skin_like(warped[w], skin[w], rows=above) & skin_like(target[w], target_skin[w], rows=above)
+        other = ~like
+        other[above:] = False
         reach = 2 * round(s * _HAIR_MARGIN) + 1
-        region &= cv2.dilate(other.astype(np.uint8), np.ones((reach, reach), np.uint8)) == 0
-        region = largest_part(region, max(1, round(s * 0.01)))
+        kept = region[w] & (cv2.dilate(other.astype(np.uint8), np.ones((reach, reach), np.uint8)) == 0)
+        region = np.zeros((s, s), bool)
+        region[w] = largest_part(kept, self._opening)
         # seamlessClone needs the mask off the crop's border.
         region[:2], region[-2:], region[:, :2], region[:, -2:] = False, False, False, False
-        mask = feather_inward(region, self._feather_px)
+        mask = np.zeros((s, s), np.float32)
+        mask[w] = feather_inward(region[w], self._feather_px)
         if not mask.any():
             return target.copy(), np.zeros((s, s), np.float32)
-        toned = match_skin_tone(warped, target, skin, target_skin)
-        clone_mask = region.astype(np.uint8) * 255
-        x, y, w, h = cv2.boundingRect(clone_mask)
-        cloned = cv2.seamlessClone(toned, target, clone_mask, (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
-        return np.where(mask[..., None] > 0, cloned, target), mask
+        toned = match_skin_tone(warped[w], target[w], skin[w], target_skin[w])
+        clone_mask = region[w].astype(np.uint8) * 255
+        x, y, width, height = cv2.boundingRect(clone_mask)
+        cloned = cv2.seamlessClone(
+            toned, target[w], clone_mask, (x + width // 2, y + height // 2), cv2.NORMAL_CLONE
+        )
+        out = target.copy()
+        out[w] = np.where(mask[w][..., None] > 0, cloned, target[w])
+        return out, mask
