@@ -232,6 +232,7 @@ def test_openapi_documents_every_option_with_its_default() -> None:
         "reference_image",
         "enhance_output",
         "options",
+        "identity_id",
     }
     defaults = SwapOptions()
     assert form["properties"]["blend_ratio"] == {
