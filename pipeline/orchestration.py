@@ -255,13 +255,20 @@ class SwapOrchestrator:
         crops, _ = await self._cpu(crops_for, image, [face], info.crop)
         return Identity("crop", crops[0], info.name)
 
+    async def identify(self, source: ImageBGR, options: SwapOptions) -> tuple[Identity, Face]:
+        """The identity of the largest face of ``source``, and that face, exactly as :meth:`swap` makes them
+        (refined when ``options.refine_landmarks``); NoFaceError (422) when it has none."""
+        face = _largest((await self.detect([source], options.detector_score))[0], "source")
+        if options.refine_landmarks:
+            face = (await self.refined([source], [[face]], options))[0][0]
+        info = self.ports.swapper.info
+        if info.identity == "crop":
+            return await self._crop_identity(source, face), face
+        return Identity("embedding", (await self._embed([(source, face)]))[0], info.name), face
+
     async def source_identity(self, source: ImageBGR, options: SwapOptions) -> Identity:
-        """The identity of the largest face of ``source``; NoFaceError when it has none."""
-        faces = (await self.detect([source], options.detector_score))[0]
-        face = _largest(faces, "source")
-        if self.ports.swapper.info.identity == "crop":
-            return await self._crop_identity(source, face)
-        return Identity("embedding", (await self._embed([(source, face)]))[0], self.ports.swapper.info.name)
+        """The identity of the largest face of ``source`` (see :meth:`identify`)."""
+        return (await self.identify(source, options))[0]
 
     async def reference_embedding(self, reference: ImageBGR, options: SwapOptions) -> Embedding:
         """The embedding of the largest face of ``reference``; NoFaceError when it has none."""
@@ -473,17 +480,20 @@ class SwapOrchestrator:
         quality: int = 92,
         max_pixels: int | None = None,
         label: dict[str, Any] | None = None,
+        identity: Identity | None = None,
     ) -> EncodedSwap:
         """Decode ``uploads`` (``source_image``, ``target_image``, ``reference_image``: JPEG, PNG or WebP
         bytes), swap, and encode the result as ``media_type`` (``image/jpeg`` or ``image/png``), labelled as
         synthetic with ``label`` (``request_id`` and other fields of the provenance label) unless it is
-        None. A source seen recently (see ``identities``) is neither decoded nor detected again."""
+        None. A given source ``identity`` stands in for ``source_image``; a source seen recently (see
+        ``identities``) is neither decoded nor detected again."""
         if "target_image" not in uploads:
             raise InvalidInputError("target_image: required")
-        self.check(options, has_source="source_image" in uploads, has_reference="reference_image" in uploads)
-        key, identity = None, None
+        has_source = "source_image" in uploads or identity is not None
+        self.check(options, has_source=has_source, has_reference="reference_image" in uploads)
+        key = None
         source = uploads.get("source_image")
-        if options.swap and source is not None and self._identities is not None:
+        if options.swap and identity is None and source is not None and self._identities is not None:
             key = source_key(source, options.detector_score, self.ports.swapper.info.name)
             identity = self._identities.get(key)
         to_decode = {k: v for k, v in uploads.items() if not (k == "source_image" and identity is not None)}

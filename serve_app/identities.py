@@ -38,7 +38,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,14 +49,11 @@ import pyarrow.fs as pafs
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pipeline.errors import FaceSwapError, InvalidInputError, InvalidOptionError, NoFaceError
+from pipeline.errors import FaceSwapError, InvalidInputError, InvalidOptionError
 from pipeline.identities import Identity
-from pipeline.imageio import decode_image, encode_image
+from pipeline.imageio import decode_image
 from pipeline.options import SwapOptions
-from pipeline.orchestration import EncodedSwap, SwapOrchestrator, crops_for
-from pipeline.provenance import label_output
-from pipeline.selection import largest_face
-from pipeline.types import Face, ImageBGR
+from pipeline.orchestration import SwapOrchestrator
 from serve_app.config import IdentitiesArgs, IngressArgs
 from serve_app.errors import ServiceUnavailableError
 from serve_app.forms import options_from_fields, read_multipart
@@ -266,29 +263,6 @@ class IdentityStore:
         return removed
 
 
-async def make_identity(
-    orchestrator: SwapOrchestrator, source: ImageBGR, options: SwapOptions
-) -> tuple[Identity, Face]:
-    """The identity of the largest face of ``source`` exactly as :meth:`SwapOrchestrator.swap` makes it
-    from a source image (detected alone on its canvas, refined when ``options.refine_landmarks``), and that
-    face. NoFaceError (422) when ``source`` has none."""
-    faces = (await orchestrator.detect([source], options.detector_score))[0]
-    if not faces:
-        raise NoFaceError("no face found in the source image")
-    face = largest_face(faces)
-    if options.refine_landmarks:
-        face = (await orchestrator.refined([source], [[face]], options))[0][0]
-    ports = orchestrator.ports
-    swapper = ports.swapper.info
-    if swapper.identity == "crop":
-        crops, _ = crops_for(source, [face], swapper.crop)
-        return Identity("crop", crops[0], swapper.name), face
-    if ports.embedder is None:
-        raise InvalidOptionError(f"{swapper.name} needs an embedding model; this profile has none")
-    crops, _ = crops_for(source, [face], ports.embedder.info.crop)
-    return Identity("embedding", (await ports.embedder.embed(crops))[0], swapper.name), face
-
-
 def check_identity(identity: Identity, identity_id: str, orchestrator: SwapOrchestrator) -> Identity:
     """``identity`` when the deployed swapper takes it, else IdentityMismatchError (409)."""
     swapper = orchestrator.ports.swapper.info
@@ -298,35 +272,6 @@ def check_identity(identity: Identity, identity_id: str, orchestrator: SwapOrche
             "create the identity again"
         )
     return identity
-
-
-def _decode_all(uploads: Mapping[str, bytes], max_pixels: int) -> dict[str, ImageBGR]:
-    return {name: decode_image(data, field=name, max_pixels=max_pixels) for name, data in uploads.items()}
-
-
-async def swap_encoded_by_identity(
-    orchestrator: SwapOrchestrator,
-    identity: Identity,
-    uploads: Mapping[str, bytes],
-    options: SwapOptions,
-    *,
-    media_type: str,
-    quality: int,
-    max_pixels: int,
-    label: dict[str, Any] | None,
-) -> EncodedSwap:
-    """:meth:`SwapOrchestrator.swap_encoded` with a source ``identity`` in place of ``source_image``:
-    decode ``target_image`` (and ``reference_image``), swap, encode as ``media_type``, label."""
-    if "target_image" not in uploads:
-        raise InvalidInputError("target_image: required")
-    images = await asyncio.to_thread(_decode_all, uploads, max_pixels)
-    result = await orchestrator.swap(
-        None, images["target_image"], options, images.get("reference_image"), identity=identity
-    )
-    data = await asyncio.to_thread(encode_image, result.image, media_type, quality)
-    if label is not None:
-        data = label_output(data, media_type, result.components, **label)
-    return EncodedSwap(result, data, media_type)
 
 
 class IdentityService:
@@ -400,7 +345,7 @@ class IdentityService:
             decode_image, source, field="source_image", max_pixels=self._limits.max_pixels
         )
         orchestrator = await self._orchestrator()
-        identity, face = await make_identity(orchestrator, image, options)
+        identity, face = await orchestrator.identify(image, options)
         now = self._clock()
         stored = StoredIdentity(
             identity_id=uuid.uuid4().hex,

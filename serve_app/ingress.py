@@ -73,7 +73,7 @@ from serve_app.errors import (
     to_service_error,
 )
 from serve_app.forms import negotiate, options_from_fields, read_multipart
-from serve_app.identities import IdentityService, owner_of, swap_encoded_by_identity
+from serve_app.identities import IdentityService, owner_of
 from serve_app.jobs import JobService
 from serve_app.live import LiveService
 from serve_app.live_protocol import LIVE_PATH
@@ -300,15 +300,10 @@ class SwapIngress:
         quality, limit = self._limits.jpeg_quality, self._limits.max_pixels
         label = {"request_id": request_id} if self._limits.provenance else None
         with self._admit(), metering() as meter:
-            if identity is not None:
-                encoded = await swap_encoded_by_identity(
-                    orchestrator, identity, uploads, options,
-                    media_type=encoded_type, quality=quality, max_pixels=limit, label=label,
-                )  # fmt: skip
-            else:
-                encoded = await orchestrator.swap_encoded(
-                    uploads, options, media_type=encoded_type, quality=quality, max_pixels=limit, label=label
-                )
+            encoded = await orchestrator.swap_encoded(
+                uploads, options, media_type=encoded_type, quality=quality, max_pixels=limit, label=label,
+                identity=identity,
+            )  # fmt: skip
         result = encoded.result
         self._metrics.record_faces(result.faces_swapped)
         self._metrics.record_hop_bytes(meter.total)

@@ -61,7 +61,7 @@ from pipeline.types import Embedding, ImageBGR
 from serve_app.auth import ApiKeyAuth, TokenBucket
 from serve_app.config import AppArgs
 from serve_app.errors import RequestTimeoutError, new_request_id, to_service_error, valid_request_id
-from serve_app.identities import ANONYMOUS, IdentityService, make_identity, owner_of
+from serve_app.identities import ANONYMOUS, IdentityService, owner_of
 from serve_app.live_protocol import (
     LIVE_PATH,
     SUBPROTOCOL,
@@ -263,9 +263,7 @@ class LiveService:
             raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
         return message
 
-    async def _serve(
-        self, websocket: WebSocket, owner: str, request_id: str, counts: dict[str, int]
-    ) -> None:
+    async def _serve(self, websocket: WebSocket, owner: str, request_id: str, counts: dict[str, int]) -> None:
         """Set the connection up from its first message, then swap its frames until it closes, counting
         them in ``counts`` (``received``, ``rate``: dropped over the frame rate, ``answered``)."""
         first = await self._receive(websocket)
@@ -312,7 +310,7 @@ class LiveService:
         image = await asyncio.to_thread(
             decode_image, setup.source_image, field="source_image", max_pixels=self._args.ingress.max_pixels
         )
-        identity, _ = await make_identity(main, image, setup.options)
+        identity, _ = await main.identify(image, setup.options)
         return identity
 
     async def _reference(self, setup: Setup, main: SwapOrchestrator) -> Embedding | None:

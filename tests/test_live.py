@@ -39,7 +39,6 @@ from pipeline.profiles import PipelineConfig, build_models
 from pipeline.sessions import SessionConfig
 from pipeline.types import ImageBGR
 from serve_app.errors import ForbiddenError, InternalError, UnauthorizedError
-from serve_app.identities import make_identity
 from serve_app.live_protocol import (
     FrameHeader,
     Tracking,
@@ -194,7 +193,7 @@ def lite() -> SwapOrchestrator:
 
 def test_a_live_stream_swaps_every_frame_with_keyframe_detection(lite: SwapOrchestrator) -> None:
     source = read_image_file(str(bundled_image(SOURCE)))
-    identity, _ = asyncio.run(make_identity(lite, source, SwapOptions()))
+    identity, _ = asyncio.run(lite.identify(source, SwapOptions()))
     small = resize_identity(identity, 256)
     assert small.value.shape == (256, 256, 3) and resize_identity(small, 256) is small
     frames = clip(12)
@@ -227,7 +226,7 @@ def test_after_a_cut_the_face_is_swapped_where_it_is_now(lite: SwapOrchestrator)
     """A jump (a cut, or a looping camera clip): the old track coasts on its motion for a few frames, but
     the detector finds the face elsewhere at once, and that is where it is swapped."""
     source = read_image_file(str(bundled_image(SOURCE)))
-    identity, _ = asyncio.run(make_identity(lite, source, SwapOptions()))
+    identity, _ = asyncio.run(lite.identify(source, SwapOptions()))
     before, after = clip(6), clip(30)[24:]  # the photo jumps by 72 px right and 24 px down
 
     async def run() -> list[Any]:
@@ -324,8 +323,7 @@ def test_identity_routes_and_a_swap_by_identity(app: str) -> None:
     by_identity = _swap(app, KEY_A, identity_id=identity_id)
     assert by_source.status_code == by_identity.status_code == 200, by_identity.text
     pixels = [
-        cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
-        for r in (by_source, by_identity)
+        cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR) for r in (by_source, by_identity)
     ]
     assert np.array_equal(pixels[0], pixels[1]), "a swap by identity differs from the swap by source image"
 
