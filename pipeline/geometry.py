@@ -7,6 +7,7 @@ paste-back), ``face_masker.create_box_mask`` and ``vision.blend_frame``. Templat
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from types import MappingProxyType
 
@@ -125,7 +126,8 @@ def warp_face(image: ImageBGR, landmarks: Landmarks5, template: str, size: int) 
 
 
 def box_mask(size: int, blur: float, padding: Sequence[float] = (0, 0, 0, 0)) -> Mask:
-    """FaceFusion box mask: ``(size, size)`` float32, ones with zeroed, blurred borders.
+    """FaceFusion box mask: ``(size, size)`` float32, ones with zeroed, blurred borders; read-only (masks
+    are made once per size, blur and padding, as FaceFusion caches its static box mask).
 
     ``blur`` in [0, 1] (FaceFusion ``face_mask_blur``); ``padding`` top, right, bottom, left in percent.
     """
@@ -133,6 +135,11 @@ def box_mask(size: int, blur: float, padding: Sequence[float] = (0, 0, 0, 0)) ->
         raise InvalidOptionError(f"face_mask_blur must be in [0, 1], got {blur}")
     if len(padding) != 4 or any(not 0 <= p <= 100 for p in padding):
         raise InvalidOptionError(f"face_mask_padding must be 4 percentages in [0, 100], got {list(padding)}")
+    return _box_mask(size, float(blur), tuple(float(p) for p in padding))
+
+
+@functools.lru_cache(maxsize=64)
+def _box_mask(size: int, blur: float, padding: tuple[float, ...]) -> Mask:
     blur_amount = int(size * 0.5 * blur)
     blur_area = max(blur_amount // 2, 1)
     mask: np.ndarray = np.ones((size, size), np.float32)
@@ -143,6 +150,7 @@ def box_mask(size: int, blur: float, padding: Sequence[float] = (0, 0, 0, 0)) ->
     mask[:, -right:] = 0
     if blur_amount > 0:
         mask = cv2.GaussianBlur(mask, (0, 0), blur_amount * 0.25)
+    mask.flags.writeable = False
     return mask
 
 

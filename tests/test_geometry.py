@@ -194,6 +194,13 @@ def test_box_mask_follows_facefusion_semantics():
         box_mask(128, 0.3, (0, 0, 0))
 
 
+def test_box_mask_is_made_once_and_cannot_be_changed_by_a_caller():
+    mask = box_mask(128, 0.3, [5, 0, 0, 0])
+    assert box_mask(128, 0.3, (5.0, 0.0, 0.0, 0.0)) is mask
+    with pytest.raises(ValueError):
+        mask[0, 0] = 1.0
+
+
 def test_blend_ratio_endpoints_and_midpoint():
     a = np.zeros((4, 4, 3), np.uint8)
     b = np.full((4, 4, 3), 200, np.uint8)
