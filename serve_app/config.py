@@ -284,8 +284,8 @@ class IdentitiesArgs(_Strict):
     """Kept source identities (``POST /api/v1/identities``, see ``serve_app.identities``)."""
 
     store_uri: str = "/tmp/faceswap-identities"
-    """Local directory or ``pyarrow.fs`` URI where identities live; every ingress replica must see it (as
-    the job store)."""
+    """Where identities live, as ``jobs.store_uri``: a plain path is one node's directory (only for one
+    ingress replica: the config refuses more); otherwise a ``pyarrow.fs`` URI every node reaches."""
     ttl_s: float = Field(default=3600.0, ge=1)
     """How long an identity is kept unless its request asks for less (``ttl_s``)."""
     max_ttl_s: float = Field(default=86400.0, ge=1)
@@ -375,15 +375,19 @@ class AppArgs(_Strict):
     """The face mesh (shipped with the package): region masks and refined alignment."""
 
     @model_validator(mode="after")
-    def _job_store_is_shared(self) -> AppArgs:
+    def _stores_are_shared(self) -> AppArgs:
         ingress = self.ingress
         replicas = ingress.autoscaling.max_replicas if ingress.autoscaling else (ingress.num_replicas or 1)
-        if self.jobs.node_local_store and replicas > 1:
-            raise ValueError(
-                f"jobs.store_uri {self.jobs.store_uri!r} is a directory on one node, but the ingress may run "
-                f"{replicas} replicas that must all see every job: use shared storage (s3://bucket/prefix, "
-                "or file:///path on a filesystem mounted on every node)"
-            )
+        for section, uri, what in (
+            ("jobs", self.jobs.store_uri, "job"),
+            ("identities", self.identities.store_uri, "identity"),
+        ):
+            if JobsArgs.is_node_local(uri) and replicas > 1:
+                raise ValueError(
+                    f"{section}.store_uri {uri!r} is a directory on one node, but the ingress may run "
+                    f"{replicas} replicas that must all see every {what}: use shared storage "
+                    "(s3://bucket/prefix, or file:///path on a filesystem mounted on every node)"
+                )
         return self
 
     @classmethod

@@ -57,6 +57,7 @@ from pipeline.orchestration import SwapOrchestrator
 from serve_app.config import IdentitiesArgs, IngressArgs
 from serve_app.errors import ServiceUnavailableError
 from serve_app.forms import options_from_fields, read_multipart
+from serve_app.stores import check_one_node
 
 log = logging.getLogger("ray.serve")
 
@@ -289,7 +290,10 @@ class IdentityService:
         self._args = args
         self._limits = limits
         self._orchestrator = orchestrator
-        self.store = store or IdentityStore.from_uri(args.store_uri)
+        if store is None:
+            check_one_node("identities", args.store_uri)
+            store = IdentityStore.from_uri(args.store_uri)
+        self.store = store
         self._clock = clock
         self._recent: OrderedDict[tuple[str, str], tuple[StoredIdentity, float]] = OrderedDict()
         self._last_sweep = clock()

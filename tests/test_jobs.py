@@ -72,6 +72,7 @@ from serve_app.jobs.records import (
 from serve_app.jobs.runner import run_attempt, when_available
 from serve_app.jobs.store import ACTIVE_DIR, JobStore
 from serve_app.jobs.uploads import check_uploads
+from serve_app.stores import check_one_node
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-0123456789abcdef"
@@ -1082,10 +1083,15 @@ REPO = Path(__file__).resolve().parents[1]
     ids=["replicas", "autoscaling"],
 )
 def test_a_store_on_one_node_is_refused_with_several_ingress_replicas(ingress: dict[str, Any]) -> None:
-    with pytest.raises(InvalidOptionError, match="jobs.store_uri .* is a directory on one node"):
-        AppArgs.parse({"ingress": ingress, "jobs": {"store_uri": "/var/lib/faceswap-jobs"}})
-    for shared in ("s3://bucket/jobs?region=eu-west-1", "file:///mnt/shared/jobs"):
-        assert AppArgs.parse({"ingress": ingress, "jobs": {"store_uri": shared}}).jobs.store_uri == shared
+    shared = {"store_uri": "s3://bucket/prefix?region=eu-west-1"}
+    for section in ("jobs", "identities"):
+        other = "identities" if section == "jobs" else "jobs"
+        with pytest.raises(InvalidOptionError, match=f"{section}.store_uri .* is a directory on one node"):
+            AppArgs.parse({"ingress": ingress, section: {"store_uri": "/var/lib/faceswap"}, other: shared})
+    for uri in ("s3://bucket/jobs?region=eu-west-1", "file:///mnt/shared/jobs"):
+        store = {"store_uri": uri}
+        args = AppArgs.parse({"ingress": ingress, "jobs": store, "identities": store})
+        assert args.jobs.store_uri == args.identities.store_uri == uri
 
 
 def test_a_store_on_one_node_is_refused_on_a_cluster_of_several(
@@ -1101,9 +1107,9 @@ def test_a_store_on_one_node_is_refused_on_a_cluster_of_several(
     monkeypatch.setattr(service_module.ray, "nodes", lambda: nodes)
     with pytest.raises(InvalidOptionError, match="this Ray cluster has 2 nodes"):
         JobService(_args(str(tmp_path)), check_options)
-    service_module.check_one_node(_args(f"file://{tmp_path}").jobs)  # a shared filesystem is fine anywhere
+    check_one_node("jobs", f"file://{tmp_path}")  # a shared filesystem is fine anywhere
     nodes.pop(0)
-    service_module.check_one_node(_args(str(tmp_path)).jobs)
+    check_one_node("jobs", str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -1122,7 +1128,7 @@ def test_jobs_args_are_checked(jobs: dict[str, Any], where: str) -> None:
         AppArgs.parse({"jobs": jobs})
 
 
-def test_the_shipped_configs_keep_jobs_where_their_replicas_see_them() -> None:
+def test_the_shipped_configs_keep_jobs_and_identities_where_their_replicas_see_them() -> None:
     apps = {}
     for name in ("serve.yaml", "serve.local.yaml"):
         config = yaml.safe_load((REPO / "configs" / name).read_text())
@@ -1130,6 +1136,7 @@ def test_the_shipped_configs_keep_jobs_where_their_replicas_see_them() -> None:
     assert (
         apps["serve.yaml"].jobs.store_uri.startswith("s3://") and not apps["serve.yaml"].jobs.node_local_store
     )
+    assert apps["serve.yaml"].identities.store_uri.startswith("s3://")
     assert apps["serve.local.yaml"].jobs.node_local_store
     assert (
         apps["serve.local.yaml"].ingress.num_replicas in (None, 1)

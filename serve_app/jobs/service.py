@@ -28,10 +28,10 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from pipeline.errors import FaceSwapError, InvalidOptionError
+from pipeline.errors import FaceSwapError
 from pipeline.options import SwapOptions
 from serve_app.auth import key_id, presented_key
-from serve_app.config import AppArgs, JobsArgs
+from serve_app.config import AppArgs
 from serve_app.errors import ServiceUnavailableError, error_response, request_id_of
 from serve_app.jobs.launcher import Lease, RayLease, RayRunners, RunnerLauncher
 from serve_app.jobs.manager import JobManager
@@ -52,6 +52,7 @@ from serve_app.jobs.store import STREAM_CHUNK_BYTES, JobStore
 from serve_app.jobs.uploads import check_uploads, read_job_form, video_limits
 from serve_app.metrics import JobMetrics
 from serve_app.routes import JOBS_PATH, RESULT_PATH, RESULT_TYPE, TASK_PATH
+from serve_app.stores import check_one_node
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +73,6 @@ def _store_errors() -> Iterator[None]:
     except OSError as exc:
         log.warning("job store error: %s", exc)
         raise ServiceUnavailableError("the job store is unavailable, retry later") from None
-
-
-def check_one_node(jobs: JobsArgs) -> None:
-    """A store on one node's disk needs a one-node cluster: InvalidOptionError otherwise."""
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
-    if jobs.node_local_store and len(nodes) > 1:
-        raise InvalidOptionError(
-            f"jobs.store_uri {jobs.store_uri!r} is a directory on one node, but this Ray cluster has "
-            f"{len(nodes)} nodes: use shared storage (s3://bucket/prefix, or file:///path on a filesystem "
-            "every node mounts)"
-        )
 
 
 class JobService:
@@ -107,7 +97,7 @@ class JobService:
         self._jobs = args.jobs
         self._check_options = check_options
         if store is None or launcher is None or lease is None:
-            check_one_node(args.jobs)
+            check_one_node("jobs", args.jobs.store_uri)
             app_name = serve.get_replica_context().app_name
             store = store or JobStore.from_uri(args.jobs.store_uri, app_name)
             node_id = ray.get_runtime_context().get_node_id() if store.node_local else None
