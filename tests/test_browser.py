@@ -165,6 +165,8 @@ def test_swap_the_bundled_photos(page: Any, app_url: str) -> None:
     assert natural == [target.shape[1], target.shape[0]]
     status = page.text_content("#status")
     assert re.fullmatch(r"Swapped 1 face in \d+\.\d s with \S+ \+ \S*classical swapper\.", status), status
+    notice = page.text_content("#notice")
+    assert page.is_visible("#notice") and notice.startswith("The classical no-download swapper ran"), notice
     box = page.eval_on_selector("#result", "img => img.getBoundingClientRect().toJSON()")
     viewport = page.viewport_size
     assert 0 < box["width"] <= viewport["width"] and 0 < box["height"] <= 0.7 * viewport["height"] + 1
@@ -295,6 +297,7 @@ def _live_tab(app_url: str, clip: Path, frames: list[np.ndarray], profile: Path)
         status = tab.text_content("#live-status")
         expected = r"Live: swapping with \S+ \+ mesh_classical swapper at 640 x 480, up to 15 fps\."
         assert re.fullmatch(expected, status), status
+        assert tab.text_content("#live-notice").startswith("The classical no-download swapper ran")
         readings = []
         for _ in range(4):
             time.sleep(1.0)
