@@ -26,20 +26,8 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=$(git status --porcelain 2>/dev/null | wc -l | tr -d ' ')
 echo "bench/run_cpu.sh -> $OUT (models $MODELS, width $WIDTH); load average before: $load_before"
 
-step() {  # step NAME CMD...: stdout to the console and OUT/NAME.txt, stderr to LOGS/NAME.log
-    local name=$1 t0
-    shift
-    t0=$(date +%s)
-    echo
-    echo "== $name =="
-    # Ray prints "(raylet) ..." notices on stdout when it shuts down: dropped from the tables.
-    if ! "$@" 2>"$LOGS/$name.log" | sed -u '/(raylet)/d' | tee "$OUT/$name.txt"; then
-        echo "$name failed; last log lines ($LOGS/$name.log):" >&2
-        tail -n 30 "$LOGS/$name.log" >&2
-        exit 1
-    fi
-    echo "($name: $(($(date +%s) - t0)) s)"
-}
+# shellcheck source=bench/steps.sh
+source bench/steps.sh
 
 if [ ! -f "$MODELS/bench_inswapper.onnx" ] || [ ! -f "$MODELS/bench_arcface.onnx" ] \
     || [ ! -f "$MODELS/bench_gfpgan.onnx" ] || [ ! -f "$MODELS/models.json" ]; then

@@ -18,10 +18,10 @@ cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 WIDTH=${BENCH_WIDTH:-1.0}
-OUT_DIR=${1:-${OUT:-bench/results/gpu-$(date -u +%Y-%m-%d)}}
+OUT=${1:-${OUT:-bench/results/gpu-$(date -u +%Y-%m-%d)}}
 MODELS=out/bench-models/w$WIDTH
-LOGS=$OUT_DIR/logs
-mkdir -p "$OUT_DIR" "$LOGS"
+LOGS=$OUT/logs
+mkdir -p "$OUT" "$LOGS"
 
 if [ -z "${SKIP_INSTALL:-}" ]; then
     for bundle in /tmp/dv/*/; do
@@ -37,7 +37,7 @@ export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.proxy:middlewares
 
 started=$(date +%s)
-"$PY" - <<'EOF' | tee "$OUT_DIR/device.txt"
+"$PY" - <<'EOF' | tee "$OUT/device.txt"
 import onnxruntime as ort, subprocess
 providers = ort.get_available_providers()
 gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
@@ -46,21 +46,13 @@ print(f"GPU: {gpu}; onnxruntime {ort.__version__}; providers {providers}")
 assert providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider"), "CUDA is not active"
 EOF
 
-step() {  # step NAME CMD...: the table to the console and OUT/NAME.txt, the log to OUT/logs/NAME.log
-    local name=$1
-    shift
-    echo "== $name =="
-    if ! "$@" 2>"$LOGS/$name.log" | sed -u '/(raylet)/d' | tee "$OUT_DIR/$name.txt"; then
-        echo "$name failed; last log lines:" >&2
-        tail -n 30 "$LOGS/$name.log" >&2
-        exit 1
-    fi
-}
+# shellcheck source=bench/steps.sh
+source bench/steps.sh
 
 [ -f "$MODELS/bench_inswapper.onnx" ] || step export "$PY" -m bench.export_models "$MODELS" --width "$WIDTH" --no-verify
 step micro "$PY" -m bench.micro --models-dir "$MODELS" --providers cuda --seconds 1 --batch-sizes 1,8,32 \
-    --json "$OUT_DIR/micro.json"
+    --json "$OUT/micro.json"
 step http "$PY" -m bench.http_bench --models-dir "$MODELS" --providers cuda --concurrency 1,4,16,64 \
-    --requests 32,64,128,256 --num-cpus 16 --json "$OUT_DIR/http.json"
-step video "$PY" -m bench.video_bench --models-dir "$MODELS" --providers cuda --json "$OUT_DIR/video.json"
-echo "GPU suite: $(($(date +%s) - started)) s; tables and JSON in $OUT_DIR"
+    --requests 32,64,128,256 --num-cpus 16 --json "$OUT/http.json"
+step video "$PY" -m bench.video_bench --models-dir "$MODELS" --providers cuda --json "$OUT/video.json"
+echo "GPU suite: $(($(date +%s) - started)) s; tables and JSON in $OUT"

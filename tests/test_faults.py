@@ -291,6 +291,17 @@ def _task(client: httpx.Client, url: str, task_id: str) -> dict[str, Any]:
     return task
 
 
+def _submit(client: httpx.Client, url: str, video: bytes) -> str:
+    """Submit a video job of :data:`SOURCE` onto ``video``; its task id."""
+    files = [
+        ("source_image", ("source.png", SOURCE, "image/png")),
+        ("target_video", ("target.mp4", video, "video/mp4")),
+    ]
+    response = client.post(f"{url}/api/v1/jobs", files=files)
+    assert response.status_code == 202, response.text
+    return str(response.json()["task_id"])
+
+
 def test_restarting_the_application_during_a_video_job(
     app: str, app_args: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -313,16 +324,8 @@ def test_restarting_the_application_during_a_video_job(
         )
 
     with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
-        response = client.post(
-            f"{app}/api/v1/jobs",
-            files=[
-                ("source_image", ("source.png", SOURCE, "image/png")),
-                ("target_video", ("target.mp4", video, "video/mp4")),
-            ],
-        )
-        assert response.status_code == 202, response.text
-        task_id = response.json()["task_id"]
-        note("submitted", response.json())
+        task_id = _submit(client, app, video)
+        note("submitted", _task(client, app, task_id))
         deadline = time.monotonic() + JOB_TIMEOUT_S
         task = _task(client, app, task_id)
         while task["status"] == "queued" and time.monotonic() < deadline:
@@ -361,15 +364,7 @@ def test_killing_a_job_runner_retries_the_job(app: str, capsys: pytest.CaptureFi
     frames = 160
     video = corpus.mp4_video(frames=frames, size=(192, 144), fps=20)
     with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
-        response = client.post(
-            f"{app}/api/v1/jobs",
-            files=[
-                ("source_image", ("source.png", SOURCE, "image/png")),
-                ("target_video", ("target.mp4", video, "video/mp4")),
-            ],
-        )
-        assert response.status_code == 202, response.text
-        task_id = response.json()["task_id"]
+        task_id = _submit(client, app, video)
         deadline = time.monotonic() + JOB_TIMEOUT_S
         task = _task(client, app, task_id)
         while task["status"] != "running" and time.monotonic() < deadline:
