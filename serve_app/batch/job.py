@@ -125,7 +125,7 @@ def face_plans(
     if not config.options.tracking:
         yield None
         return
-    planner = (
+    planner: Any = (  # an ActorHandle, which mypy cannot follow through ray.remote
         ray.remote(FacePlanner)
         .options(num_cpus=0, max_restarts=0, label_selector=_driver_node())
         .remote(config.pipeline, config.options, reference)

@@ -39,9 +39,9 @@ PARQUET_SCHEMA = pa.schema(
     ]
 )
 """One row per frame; the lists hold one entry per face swapped, in the same order (``landmarks``: x0, y0,
-... x4, y4; ``track_ids``: null entries without tracking; ``sources``: detected, tracked or interpolated;
-``detected``: whether the detector ran on the frame). ``image_png`` (binary) is added when the job stores
-the frames."""
+... x4, y4, rounded as in the sidecar; ``track_ids``: null entries without tracking; ``sources``: detected,
+tracked or interpolated; ``detected``: whether the detector ran on the frame). ``image_png`` (binary) is
+added when the job stores the frames."""
 
 Progress = Callable[[int, int], None]
 

@@ -58,7 +58,7 @@ def _output_name(uri: str, kind: str) -> str:
 
 def _source(
     uri: str, staging: Path, config: BatchJobConfig
-) -> tuple[FrameSource, tuple[int, int], int, bool]:
+) -> tuple[FrameSource, tuple[int, int], tuple[FrameChunk, ...], bool]:
     fs, path = resolve_uri(uri)
     kind = file_type(fs, path, uri)
     if kind == pafs.FileType.Directory:
