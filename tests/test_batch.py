@@ -223,7 +223,7 @@ def _swapped_batch(target: int, start: int, n: int, faces: int = 1) -> dict[str,
         "faces": np.full(n, faces, np.int32),
         "boxes": np.tile(np.array([1, 2, 30, 40] * faces, np.float32), (n, 1)),
         "scores": np.full((n, faces), 0.9, np.float32),
-        "detected": np.arange(start, start + n) % 2 == 0,
+        "keyframe": np.arange(start, start + n) % 2 == 0,
         "tracks": np.array([json.dumps([_row(start + i)] * faces) for i in range(n)]),
         "components": np.array([json.dumps({"profile": "custom", "swapper": "x", "enhancer": None})] * n),
     }
@@ -410,7 +410,7 @@ def test_job_writes_the_sidecar_of_tracks_beside_each_output(job, assets):
     assert {r["source"] for r in rows} == {"detected", "tracked"}
     assert sum(r["source"] == "detected" for r in rows) <= clip.detector_calls <= 0.35 * 75
     table = pq.read_table(out / AAC.replace(".mp4", ".parquet")).to_pylist()
-    assert sum(r["detected"] for r in table) == clip.detector_calls
+    assert sum(r["keyframe"] for r in table) == clip.detector_calls
     for row, frame in zip(rows, table, strict=True):
         assert frame["track_ids"] == [row["track_id"]] and frame["sources"] == [row["source"]]
         assert np.allclose(frame["boxes"][0], row["box"], atol=0.01)

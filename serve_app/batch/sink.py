@@ -35,12 +35,12 @@ PARQUET_SCHEMA = pa.schema(
         ("landmarks", pa.list_(pa.list_(pa.float32(), 10))),
         ("track_ids", pa.list_(pa.int64())),
         ("sources", pa.list_(pa.string())),
-        ("detected", pa.bool_()),
+        ("keyframe", pa.bool_()),
     ]
 )
 """One row per frame; the lists hold one entry per face swapped, in the same order (``landmarks``: x0, y0,
 ... x4, y4, rounded as in the sidecar; ``track_ids``: null entries without tracking; ``sources``: detected,
-tracked or interpolated; ``detected``: whether the detector ran on the frame). ``image_png`` (binary) is
+tracked or interpolated; ``keyframe``: whether the detector ran on the frame). ``image_png`` (binary) is
 added when the job stores the frames."""
 
 Progress = Callable[[int, int], None]
@@ -118,7 +118,7 @@ class TargetSink:
         self.frames += len(rows)
         self.frames_without_face += int(np.count_nonzero(faces == 0))
         self.faces_swapped += int(faces.sum())
-        self.detector_calls += int(np.count_nonzero(batch["detected"][rows.start : rows.stop]))
+        self.detector_calls += int(np.count_nonzero(batch["keyframe"][rows.start : rows.stop]))
         tracks = [json.loads(str(batch["tracks"][i])) for i in rows]
         assert self._tracks is not None
         lines = (json.dumps(row, separators=(",", ":")) + "\n" for frame in tracks for row in frame)
@@ -134,7 +134,7 @@ class TargetSink:
                 "landmarks": [[row["landmarks"] for row in frame] for frame in tracks],
                 "track_ids": [[row["track_id"] for row in frame] for frame in tracks],
                 "sources": [[row["source"] for row in frame] for frame in tracks],
-                "detected": batch["detected"][rows.start : rows.stop],
+                "keyframe": batch["keyframe"][rows.start : rows.stop],
             }
             if self._config.parquet_images:
                 columns["image_png"] = [encode_image(batch["image"][i], "image/png") for i in rows]

@@ -9,7 +9,7 @@ detects the faces of each batch.
 The stage replaces ``image`` by the result ((N, H, W, 3) uint8 BGR, or an object array of (H, W, 3) images
 when a batch spans targets of different sizes) and adds ``faces`` (int32: faces processed), ``boxes``
 ((4 * faces,) float32 x1, y1, x2, y2 per face, image pixels), ``scores`` ((faces,) float32),
-``detected`` (bool: the detector ran on this frame), ``tracks`` (the frame's sidecar rows as a JSON list,
+``keyframe`` (bool: the detector ran on this frame), ``tracks`` (the frame's sidecar rows as a JSON list,
 :func:`pipeline.video_faces.sidecar_rows`, in the order of ``boxes``) and ``components`` (the JSON of the
 models that ran, the same in every row).
 """
@@ -123,7 +123,7 @@ class SwapFrames:
             "faces": np.array([len(f) for f in found], np.int32),
             "boxes": column([np.array([f.bbox for f in fs], np.float32).reshape(-1) for fs in found]),
             "scores": column([np.array([f.score for f in fs], np.float32) for fs in found]),
-            "detected": np.array(keyframes, bool),
+            "keyframe": np.array(keyframes, bool),
             "tracks": np.array(tracks),
             "components": np.array([self._components] * len(results)),
         }
