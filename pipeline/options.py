@@ -30,6 +30,10 @@ MAX_FACES_CAP = 64
 """Hard cap of faces processed per image, whatever a request or a deployment asks for."""
 MIN_DETECTOR_SCORE = 0.1
 """Lowest accepted ``detector_score``: below it detectors return noise (thousands of "faces")."""
+MAX_GAP_CAP = 250
+"""Largest ``max_gap`` in frames (10 s at 25 fps): a longer miss is another appearance of the face."""
+MAX_DETECT_EVERY = 100
+"""Largest ``detect_every`` in frames: the detector still runs at least every 4 s at 25 fps."""
 _MAX_TEXT = 64
 """Longest string accepted for one numeric value."""
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -185,6 +189,32 @@ class SwapOptions(BaseModel):
     max_faces: FaceCount | None = Field(
         default=None,
         description="Most faces processed per image (default: the service's setting).",
+    )
+    tracking: Boolean = Field(
+        default=True,
+        description="Video: follow faces across frames (steady, no flashes, one person per track); false: "
+        "detect on every frame. Image swaps ignore it.",
+    )
+    smoothing: Number = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Video with tracking: strength of the landmark smoothing along each track (0: off). "
+        "Image swaps ignore it.",
+    )
+    max_gap: Integer = Field(
+        default=5,
+        ge=0,
+        le=MAX_GAP_CAP,
+        description="Video with tracking: frames a face may be missed (occluded, blurred) and still be "
+        "swapped, its landmarks interpolated. Image swaps ignore it.",
+    )
+    detect_every: Integer = Field(
+        default=4,
+        ge=1,
+        le=MAX_DETECT_EVERY,
+        description="Video with tracking: run the detector every this many frames (sooner when following "
+        "fails); faces are followed by optical flow in between. Image swaps ignore it.",
     )
 
     def __init__(self, **values: Any) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from pipeline.options import OptionFact, option_facts
 from serve_app import openapi_live
 from serve_app.auth import API_KEY_HEADER
+from serve_app.jobs.records import TRACKS_PATH, TRACKS_TYPE
 from serve_app.routes import (
     API_VERSION,
     JOBS_PATH,
@@ -58,7 +59,8 @@ def job_paths(
 ) -> dict[str, Any]:
     """OpenAPI path items of the job routes. ``option_properties``: the swap option form fields;
     ``errors``: the ingress' error responses by status; ``operation``: extra keys of every operation (e.g.
-    ``security``). Refers to the component schemas ``Error``, ``JobAccepted``, ``Task``, ``TaskDeleted``."""
+    ``security``). Refers to the component schemas ``Error``, ``JobAccepted``, ``Task``, ``TaskDeleted``,
+    ``TrackRow``."""
     binary = {"type": "string", "format": "binary"}
     json_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     task_id = {
@@ -193,6 +195,34 @@ def job_paths(
                 },
             }
         },
+        TRACKS_PATH: {
+            "get": {
+                "operationId": "getTaskTracks",
+                "summary": "The sidecar of the faces swapped in the finished video (JSON lines, streamed).",
+                "description": "One JSON object per line, one per face swapped per frame, by frame: frame "
+                "(index from 0), pts (the video stream's time base), track_id (null with tracking off), box "
+                "[x1, y1, x2, y2], landmarks [x0, y0, ..., x4, y4] (eyes, nose, mouth corners), score, "
+                "source (detected on that frame, tracked by optical flow, or interpolated over a miss); "
+                "image pixels." + owned,
+                **operation,
+                "parameters": [task_id],
+                "responses": {
+                    "200": {
+                        "description": "The sidecar.",
+                        "content": {
+                            TRACKS_TYPE: {"schema": {"$ref": "#/components/schemas/TrackRow"}},
+                        },
+                    },
+                    **pick,
+                    "400": {"description": "Not a valid task id.", **json_ref},
+                    "404": not_found,
+                    "409": {
+                        "description": "The job is not completed (queued, running, failed or cancelled).",
+                        **json_ref,
+                    },
+                },
+            }
+        },
     }
 
 
@@ -238,6 +268,11 @@ JOB_SCHEMAS: Mapping[str, Any] = MappingProxyType(
                     "limit or is malformed), no_face, runner_lost, timeout.",
                 },
                 "result_url": {"type": "string", "nullable": True},
+                "tracks_url": {
+                    "type": "string",
+                    "nullable": True,
+                    "description": "Once completed: the sidecar of the faces swapped (JSON lines).",
+                },
                 "attempts": {"type": "integer"},
                 "created_at": {"type": "string", "format": "date-time"},
                 "updated_at": {"type": "string", "format": "date-time"},
@@ -249,7 +284,27 @@ JOB_SCHEMAS: Mapping[str, Any] = MappingProxyType(
                     "nullable": True,
                     "description": "When a finished job and its files are deleted.",
                 },
-                "summary": {"type": "object", "nullable": True},
+                "summary": {
+                    "type": "object",
+                    "nullable": True,
+                    "description": "Once finished: frames, faces_swapped, frames_without_face, fps, "
+                    "tracking, detector_calls and detector_calls_per_frame (frames the detector ran on), "
+                    "tracks, components.",
+                },
+            },
+        },
+        "TrackRow": {
+            "type": "object",
+            "description": "One line of a job's sidecar: one face swapped in one frame.",
+            "required": ["frame", "pts", "track_id", "box", "landmarks", "score", "source"],
+            "properties": {
+                "frame": {"type": "integer", "minimum": 0},
+                "pts": {"type": "integer", "nullable": True},
+                "track_id": {"type": "integer", "nullable": True},
+                "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+                "landmarks": {"type": "array", "items": {"type": "number"}, "minItems": 10, "maxItems": 10},
+                "score": {"type": "number"},
+                "source": {"type": "string", "enum": ["detected", "tracked", "interpolated"]},
             },
         },
         "TaskDeleted": {

@@ -1,6 +1,7 @@
-"""The Ray Data batch job: its frames equal the in-process orchestration's (losslessly, through the Parquet
-PNG frames), in order, with the audio, the provenance label, Parquet and pyarrow.fs paths; typed errors
-from the driver and from the Ray workers; the decode stage, the sink and the command line on their own."""
+"""The Ray Data batch job: its frames equal the in-process orchestration's with the same face plan
+(losslessly, through the Parquet PNG frames), in order, with the audio, the provenance label, the sidecar of
+tracks, Parquet and pyarrow.fs paths; typed errors from the driver and from the Ray workers; the decode
+stage, the sink and the command line on their own."""
 
 from __future__ import annotations
 
@@ -24,13 +25,24 @@ from pipeline.errors import InvalidInputError, InvalidOptionError, NoFaceError, 
 from pipeline.imageio import read_image_file
 from pipeline.options import SwapOptions
 from pipeline.orchestration import SwapOrchestrator
-from pipeline.profiles import PipelineConfig, build_models
+from pipeline.profiles import ModelFactory, PipelineConfig, build_models
 from pipeline.provenance import read_video_label
-from pipeline.video import FrameChunk, iter_frame_batches, plan_chunks, probe_video, read_frames
+from pipeline.tracking import read_sidecar
+from pipeline.video import (
+    FrameChunk,
+    VideoFrame,
+    iter_frame_batches,
+    plan_chunks,
+    probe_video,
+    read_frame_files,
+    read_frames,
+)
+from pipeline.video_faces import local_detect, plan_video_faces, swap_options
 from serve_app.batch import BatchJobConfig, add_batch_arguments, main, run_batch_job
 from serve_app.batch import storage as batch_storage
 from serve_app.batch.cli import build_parser, config_from_args
 from serve_app.batch.decode import DecodeFrames, FrameSource, piece_rows
+from serve_app.batch.plan import face_limit, planner_pipeline
 from serve_app.batch.sink import write_outputs
 from serve_app.batch.storage import resolve_uri
 from serve_app.batch.targets import plan_targets
@@ -40,8 +52,9 @@ AAC = "astronaut_pan_zoom_640x480_25fps_h264_aac.mp4"
 SILENT = "astronaut_pan_zoom_640x480_25fps_h264.mp4"
 SOURCE = "codait_luciano_cc0.png"
 FOLDER_FRAMES = 12
-BLANK_FRAME = 5
-"""Index of the flat grey (faceless) frame in the folder-of-frames target."""
+BLANK_FRAME = FOLDER_FRAMES - 1
+"""Index of the flat grey (faceless) frame in the folder-of-frames target: the last, as a miss inside a
+track would be filled by the tracker's interpolation."""
 
 pytestmark = [pytest.mark.assets]
 
@@ -132,16 +145,24 @@ def job(ray_local, assets: Path, models: PipelineConfig, frames_dir: Path, tmp_p
     return config, result, out, calls
 
 
-def _in_process(config: BatchJobConfig, frames: list[np.ndarray], assets: Path) -> list[np.ndarray]:
-    """The same frames through the one orchestration with in-process ports, in one process."""
+def _in_process(config: BatchJobConfig, frames: list[VideoFrame], assets: Path) -> list[np.ndarray]:
+    """The same frames through the one orchestration with in-process ports, in one process, with the face
+    plan the job's planner makes (same models, same settings)."""
     orchestrator = SwapOrchestrator(build_models(config.actor_pipeline).ports())
     options = config.options
     identity = asyncio.run(
         orchestrator.source_identity(read_image_file(str(assets / "images" / SOURCE)), options)
     )
+    detector = ModelFactory(planner_pipeline(config.pipeline)).detector()
+    plan = plan_video_faces(
+        frames, local_detect(detector, options.detector_score), options, max_faces=face_limit(options)
+    )
     out: list[np.ndarray] = []
     for batch in iter_frame_batches(frames, config.batch_size):
-        out += [r.image for r in asyncio.run(orchestrator.swap_frames(batch, identity, options))]
+        faces = plan.faces(batch[0].index, batch[-1].index + 1)
+        images = [f.image for f in batch]
+        results = asyncio.run(orchestrator.swap_frames(images, identity, swap_options(options), faces=faces))
+        out += [r.image for r in results]
     return out
 
 
@@ -177,6 +198,20 @@ def test_decode_stage_gives_every_frame_in_order_and_seeks_when_pieces_jump(asse
         _decoded(DecodeFrames(sources), [{**rows[9], "count": 8}])
 
 
+def _row(frame: int) -> dict[str, object]:
+    landmarks = [10.0, 12.0, 20.0, 12.0, 15.0, 20.0, 11.0, 30.0, 19.0, 30.0]
+    box = [1.0, 2.0, 30.0, 40.0]
+    return {
+        "frame": frame,
+        "pts": frame * 512,
+        "track_id": 3,
+        "box": box,
+        "landmarks": landmarks,
+        "score": 0.9,
+        "source": "tracked",
+    }
+
+
 def _swapped_batch(target: int, start: int, n: int, faces: int = 1) -> dict[str, np.ndarray]:
     images = np.stack([np.full((48, 64, 3), (start + i) * 40, np.uint8) for i in range(n)])
     return {
@@ -188,6 +223,8 @@ def _swapped_batch(target: int, start: int, n: int, faces: int = 1) -> dict[str,
         "faces": np.full(n, faces, np.int32),
         "boxes": np.tile(np.array([1, 2, 30, 40] * faces, np.float32), (n, 1)),
         "scores": np.full((n, faces), 0.9, np.float32),
+        "keyframe": np.arange(start, start + n) % 2 == 0,
+        "tracks": np.array([json.dumps([_row(start + i)] * faces) for i in range(n)]),
         "components": np.array([json.dumps({"profile": "custom", "swapper": "x", "enhancer": None})] * n),
     }
 
@@ -217,6 +254,8 @@ def test_sink_writes_in_order_reports_progress_and_deletes_a_failed_target(tmp_p
     assert calls == [(0, 6), (4, 6), (6, 6)]  # as each batch arrives, then at the end
     (result,) = written.targets
     assert (result.frames, result.faces_swapped, result.frames_without_face) == (6, 4, 2)
+    assert result.detector_calls == 3 and result.tracks == str(tmp_path / "out" / "a.tracks.jsonl")
+    assert read_sidecar(tmp_path / "out" / "a.tracks.jsonl") == [_row(i) for i in range(4)]
     assert written.components["swapper"] == "x"
     out = tmp_path / "out" / "a.mp4"
     levels = [int(f.image[0, 0, 0]) for f in read_frames(out)]
@@ -235,6 +274,7 @@ def test_plan_resolves_outputs_and_refuses_collisions(assets, tmp_path):
     config = BatchJobConfig(source_image="s.png", targets=(f"file://{video}",), output=str(tmp_path / "o"))
     (plan,) = plan_targets(config, tmp_path / "staging")
     assert plan.output == str(tmp_path / "o" / "clip.mp4") and plan.has_audio and plan.frames == 75
+    assert plan.tracks == str(tmp_path / "o" / "clip.tracks.jsonl")
     in_place = BatchJobConfig(source_image="s.png", targets=(str(video),), output=f"file://{tmp_path}")
     with pytest.raises(InvalidOptionError, match="overwrite its own input"):
         plan_targets(in_place, tmp_path / "staging")
@@ -341,8 +381,9 @@ def test_bad_options_exit_2_without_starting_ray(capsys):
 @pytest.mark.ray
 def test_job_frames_equal_the_in_process_orchestration_in_order(job, assets):
     config, result, out, _ = job
-    frames = [f.image for f in read_frames(_video(assets, AAC))]
-    expected = _in_process(config, frames, assets)
+    decoded = list(read_frames(_video(assets, AAC)))
+    frames = [f.image for f in decoded]
+    expected = _in_process(config, decoded, assets)
     table = pq.read_table(out / AAC.replace(".mp4", ".parquet"))
     assert table["frame"].to_pylist() == list(range(75))
     assert table["pts"].to_pylist() == [f.pts for f in read_frames(_video(assets, AAC))]
@@ -353,6 +394,29 @@ def test_job_frames_equal_the_in_process_orchestration_in_order(job, assets):
     assert not np.array_equal(got[0], frames[0])  # and the face was swapped
     assert set(table["faces"].to_pylist()) == {1}
     assert result.targets[0].faces_swapped == 75
+
+
+@pytest.mark.ray
+def test_job_writes_the_sidecar_of_tracks_beside_each_output(job, assets):
+    """Tracking is on by default: the real clip's one face is one track, in every frame, found by the
+    detector on at most 0.35 of the frames; the sidecar and the Parquet rows say the same."""
+    _, result, out, _ = job
+    clip = result.targets[0]
+    assert clip.tracks == f"file://{out / AAC.replace('.mp4', '.tracks.jsonl')}"
+    rows = read_sidecar(out / AAC.replace(".mp4", ".tracks.jsonl"))
+    assert [r["frame"] for r in rows] == list(range(75))  # one row per frame per face
+    assert [r["pts"] for r in rows] == [f.pts for f in read_frames(_video(assets, AAC))]
+    assert {r["track_id"] for r in rows} == {0}
+    assert {r["source"] for r in rows} == {"detected", "tracked"}
+    assert sum(r["source"] == "detected" for r in rows) <= clip.detector_calls <= 0.35 * 75
+    table = pq.read_table(out / AAC.replace(".mp4", ".parquet")).to_pylist()
+    assert sum(r["keyframe"] for r in table) == clip.detector_calls
+    for row, frame in zip(rows, table, strict=True):
+        assert frame["track_ids"] == [row["track_id"]] and frame["sources"] == [row["source"]]
+        assert np.allclose(frame["boxes"][0], row["box"], atol=0.01)
+        assert np.allclose(frame["landmarks"][0], row["landmarks"], atol=0.01)
+    folder = read_sidecar(out / "clip_frames.tracks.jsonl")
+    assert [r["frame"] for r in folder] == [i for i in range(FOLDER_FRAMES) if i != BLANK_FRAME]
 
 
 @pytest.mark.ray
@@ -388,9 +452,10 @@ def test_folder_of_frames_in_name_order_faceless_frame_unchanged(job, frames_dir
     assert result.targets[1].output == f"file://{out}/clip_frames.mp4"
     info = probe_video(out / "clip_frames.mp4")
     assert (info.frame_count, info.fps, info.has_audio) == (FOLDER_FRAMES, Fraction(25), False)
-    inputs = [cv2.imread(str(p)) for p in sorted(frames_dir.glob("*.png"))]
+    files = sorted(str(p) for p in frames_dir.glob("*.png"))
+    inputs = list(read_frame_files(files, Fraction(25)))
     got = _png_frames(out / "clip_frames.parquet")
-    assert np.array_equal(got[BLANK_FRAME], inputs[BLANK_FRAME])
+    assert np.array_equal(got[BLANK_FRAME], inputs[BLANK_FRAME].image)
     expected = _in_process(config, inputs, assets)
     assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
     assert pq.read_table(out / "clip_frames.parquet")["faces"].to_pylist() == [

@@ -47,6 +47,7 @@ from pipeline.options import SwapOptions
 from pipeline.ports import Ports
 from pipeline.profiles import build_models
 from pipeline.provenance import read_video_label
+from pipeline.tracking import read_sidecar
 from pipeline.video import VideoLimits, probe_video, read_frames
 from serve_app.auth import key_id
 from serve_app.config import AppArgs
@@ -57,6 +58,7 @@ from serve_app.jobs.records import (
     CONTROL_NAME,
     RESULT_NAME,
     SPEC_NAME,
+    TRACKS_NAME,
     AttemptReport,
     JobControl,
     JobNotFoundError,
@@ -344,6 +346,7 @@ def test_file_names_in_a_job_folder_are_fixed(tmp_path: Path) -> None:
     store = JobStore.from_uri(str(tmp_path))
     assert store.path(task_id, "target.mp4") == f"{tmp_path}/{task_id}/target.mp4"
     assert store.path(task_id, attempt_name(12)).endswith("/attempt-12.json")
+    assert store.path(task_id, TRACKS_NAME) == f"{tmp_path}/{task_id}/tracks.jsonl"
     for name in (
         "../job.json",
         "job.json/..",
@@ -351,6 +354,8 @@ def test_file_names_in_a_job_folder_are_fixed(tmp_path: Path) -> None:
         "source.png/../../y",
         "attempt-0.json",
         "_queue.json",
+        "tracks.json",
+        "source.jsonl",
     ):
         with pytest.raises(ValueError, match="not a job file name"):
             store.path(task_id, name)
@@ -465,10 +470,12 @@ def test_the_task_view_takes_each_writer_in_its_precedence() -> None:
     done = running.model_copy(update={"status": "completed", "frames_done": 75, "progress": 1.0})
     view = task_view(spec, claimed, done, root_path="/p/")
     assert (view["status"], view["result_url"]) == ("completed", f"/p/api/v1/tasks/{spec.task_id}/result")
+    assert view["tracks_url"] == f"/p/api/v1/tasks/{spec.task_id}/tracks"
     # the leader's outcome wins over any report, and a report of another attempt is ignored
     failed = claimed.model_copy(update={"outcome": "failed", "error": "boom", "error_code": "timeout"})
     view = task_view(spec, failed, done)
     assert (view["status"], view["error_code"], view["result_url"]) == ("failed", "timeout", None)
+    assert view["tracks_url"] is None
     second = claimed.model_copy(update={"attempt": 2})
     assert task_view(spec, second, done)["status"] == "queued"
 
@@ -750,7 +757,9 @@ def ports(test_models: dict[str, Path]) -> Callable[[], Any]:
     return factory
 
 
-def _stored_job(store: JobStore, video: bytes, source: np.ndarray, **options: Any) -> JobSpec:
+def _stored_job(
+    store: JobStore, video: bytes, source: np.ndarray, reference: np.ndarray | None = None, **options: Any
+) -> JobSpec:
     info = probe_video(io.BytesIO(video))
     spec = JobSpec(
         task_id=new_task_id(),
@@ -759,10 +768,13 @@ def _stored_job(store: JobStore, video: bytes, source: np.ndarray, **options: An
         options=SwapOptions.from_mapping(options).to_json(),
         source="source.png",
         target="target.mp4",
+        reference=None if reference is None else "reference.png",
         video=VideoFacts.of(info),
     )
     store.put_file(spec.task_id, "source.png", io.BytesIO(_png(source)))
     store.put_file(spec.task_id, "target.mp4", io.BytesIO(video))
+    if reference is not None:
+        store.put_file(spec.task_id, "reference.png", io.BytesIO(_png(reference)))
     _submit(store, spec)
     return spec
 
@@ -780,6 +792,11 @@ def _runner_args(store: str, **jobs: Any) -> AppArgs:
     )
 
 
+def _sidecar(store: JobStore, task_id: str, folder: Path) -> list[dict[str, Any]]:
+    (folder / "tracks.jsonl").write_bytes(store.read_bytes(task_id, TRACKS_NAME))
+    return read_sidecar(folder / "tracks.jsonl")
+
+
 def test_the_runner_swaps_every_frame_keeps_the_audio_and_labels_the_result(
     tmp_path: Path, ports: Callable[[], Any]
 ) -> None:
@@ -793,6 +810,9 @@ def test_the_runner_swaps_every_frame_keeps_the_audio_and_labels_the_result(
     assert (report.status, report.error, report.frames_done, report.progress) == ("completed", None, 30, 1.0)
     assert report.summary is not None and report.summary["faces_swapped"] == 30
     assert report.summary["components"]["swapper"] == "test_inswapper_tint"
+    assert report.summary["tracking"] and report.summary["detector_calls"] < 30
+    rows = _sidecar(store, spec.task_id, tmp_path)
+    assert [r["frame"] for r in rows] == list(range(30)) and {r["track_id"] for r in rows} == {0}
     assert sorted({w.frames_done for w in writes if w.status == "running"}) == [
         0,
         4,
@@ -816,6 +836,89 @@ def test_the_runner_swaps_every_frame_keeps_the_audio_and_labels_the_result(
         np.mean(np.abs(a.astype(int) - b).max(axis=2) > 40) for a, b in zip(swapped, originals, strict=True)
     ]
     assert all(0.005 < c < 0.5 for c in changed), changed  # the face region changed, the rest did not
+
+
+def test_the_runner_without_tracking_detects_every_frame(tmp_path: Path, ports: Callable[[], Any]) -> None:
+    store = JobStore.from_uri(str(tmp_path / "store"))
+    spec = _stored_job(store, _mp4(12, fps=10, audio=False), _noise(240, 352, 7), tracking="false")
+    report = asyncio.run(run_attempt(store, spec.task_id, 1, _runner_args(store.root), ports))
+    assert report.status == "completed" and report.summary is not None, report
+    summary = report.summary
+    assert (summary["tracking"], summary["detector_calls_per_frame"], summary["tracks"]) == (False, 1.0, 0)
+    rows = _sidecar(store, spec.task_id, tmp_path)
+    expected = [(i, None, "detected") for i in range(12)]
+    assert [(r["frame"], r["track_id"], r["source"]) for r in rows] == expected
+
+
+@pytest.fixture(scope="module")
+def real_ports(assets: Path, test_models: dict[str, Path]) -> Callable[[], Any]:
+    """The real YuNet detector with the test embedder and the tinting test swapper, in-process."""
+    args = AppArgs.parse(
+        {
+            "overrides": {
+                "detector": str(assets / "models" / "face_detection_yunet_2026may.onnx"),
+                "embedder": str(test_models["arcface"]),
+                "swapper": str(test_models["inswapper_tint"]),
+            },
+            "providers": ["cpu"],
+            "intra_op_threads": 1,
+            "enhance": False,
+        }
+    )
+    models = build_models(args.pipeline_config()).ports()
+
+    async def factory() -> Ports:
+        return models
+
+    return factory
+
+
+@pytest.mark.assets
+def test_the_runner_tracks_the_faces_of_a_real_clip(
+    tmp_path: Path, assets: Path, real_ports: Callable[[], Any]
+) -> None:
+    """Tracking is on by default: one track through the clip, a sidecar row per frame, the detector on at
+    most 0.35 of the frames (its calls made through the orchestration's ports from pass 1's thread)."""
+    store = JobStore.from_uri(str(tmp_path / "store"))
+    source = cv2.imread(str(assets / "images" / SOURCE))
+    spec = _stored_job(store, (assets / "video" / AAC).read_bytes(), source)
+    report = asyncio.run(run_attempt(store, spec.task_id, 1, _runner_args(store.root), real_ports))
+    assert report.status == "completed" and report.summary is not None, report
+    summary = report.summary
+    assert (summary["tracking"], summary["tracks"], summary["faces_swapped"]) == (True, 1, 75)
+    assert summary["detector_calls_per_frame"] <= 0.35
+    assert summary["detector_calls"] == round(summary["detector_calls_per_frame"] * 75)
+    rows = _sidecar(store, spec.task_id, tmp_path)
+    assert [r["frame"] for r in rows] == list(range(75)) and {r["track_id"] for r in rows} == {0}
+    assert [r["pts"] for r in rows] == [f.pts for f in read_frames(assets / "video" / AAC)]
+    assert {r["source"] for r in rows} == {"detected", "tracked"}
+    assert all(len(r["box"]) == 4 and len(r["landmarks"]) == 10 for r in rows)
+
+
+@pytest.mark.assets
+def test_the_runner_matches_tracks_to_the_reference_once(
+    tmp_path: Path, assets: Path, real_ports: Callable[[], Any]
+) -> None:
+    """Reference mode on the group clip (4 faces): pass 1 embeds the keyframes' faces through the ports;
+    one track matches a crop of one face of the first frame and is the only one swapped, in every frame."""
+    video = (assets / "video" / "group_pan_1280x720_25fps_h264.mp4").read_bytes()
+    first = next(read_frames(io.BytesIO(video))).image
+    reference = first[200:500, 100:400]  # the face left of the middle, with a margin
+    store = JobStore.from_uri(str(tmp_path / "store"))
+    spec = _stored_job(
+        store,
+        video,
+        cv2.imread(str(assets / "images" / SOURCE)),
+        reference,
+        face_selector_mode="reference",
+        reference_face_distance="0.3",
+    )
+    report = asyncio.run(run_attempt(store, spec.task_id, 1, _runner_args(store.root), real_ports))
+    assert report.status == "completed" and report.summary is not None, report
+    assert (report.summary["tracks"], report.summary["faces_swapped"]) == (4, 75)
+    rows = _sidecar(store, spec.task_id, tmp_path)
+    assert [r["frame"] for r in rows] == list(range(75)) and len({r["track_id"] for r in rows}) == 1
+    assert 100 < rows[0]["box"][0] < rows[0]["box"][2] < 400
 
 
 @pytest.mark.parametrize("case", sorted(LYING))
@@ -989,12 +1092,13 @@ def test_jobs_belong_to_the_key_that_submitted_them(service, small_video: bytes)
     assert response.headers["location"] == f"/api/v1/tasks/{task_id}"
     assert jobs.store.read_spec(task_id).owner == key_id(KEY_A)
     assert jobs.store.read_spec(task_id).swap_options().blend_ratio == 0.5
-    for method, path in (("GET", ""), ("GET", "/result"), ("DELETE", "")):
+    for method, path in (("GET", ""), ("GET", "/result"), ("GET", "/tracks"), ("DELETE", "")):
         other = client.request(method, f"/api/v1/tasks/{task_id}{path}", headers=_auth(KEY_B))
         assert other.status_code == 404 and other.json()["code"] == "not_found", (method, path)
         assert task_id in other.json()["error"]
     assert client.get(f"/api/v1/tasks/{task_id}", headers=_auth(KEY_A)).json()["status"] == "queued"
     assert client.get(f"/api/v1/tasks/{task_id}/result", headers=_auth(KEY_A)).status_code == 409
+    assert client.get(f"/api/v1/tasks/{task_id}/tracks", headers=_auth(KEY_A)).status_code == 409
     assert jobs.store.read_spec(task_id).task_id == task_id  # B's DELETE did nothing
 
 
@@ -1038,6 +1142,8 @@ def test_a_finished_job_streams_its_result_and_delete_removes_it_at_once(service
     task_id = _post_job(client, KEY_A, small_video).json()["task_id"]
     asyncio.run(jobs.lead_once())
     spec = jobs.store.read_spec(task_id)
+    sidecar = b'{"frame":0,"pts":0,"track_id":0}\n'
+    jobs.store.put_file(task_id, TRACKS_NAME, io.BytesIO(sidecar))
     jobs.store.put_file(task_id, RESULT_NAME, io.BytesIO(small_video))
     jobs.store.write_report(
         _report(spec, 1, clock.now, status="completed", frames_done=20, finished_at=clock.now)
@@ -1047,6 +1153,10 @@ def test_a_finished_job_streams_its_result_and_delete_removes_it_at_once(service
     result = client.get(task["result_url"], headers=_auth(KEY_A))
     assert result.status_code == 200 and result.content == small_video
     assert result.headers["content-type"] == "video/mp4"
+    tracks = client.get(task["tracks_url"], headers=_auth(KEY_A))
+    assert tracks.status_code == 200 and tracks.content == sidecar
+    assert tracks.headers["content-type"].startswith("application/jsonl")
+    assert tracks.headers["content-disposition"] == f'attachment; filename="{task_id}.tracks.jsonl"'
     asyncio.run(jobs.lead_once())
     assert client.get(f"/api/v1/tasks/{task_id}", headers=_auth(KEY_A)).json()["expires_at"] is not None
     deleted = client.delete(f"/api/v1/tasks/{task_id}", headers=_auth(KEY_A)).json()
@@ -1294,6 +1404,11 @@ def test_a_real_clip_runs_on_the_served_models_for_its_key_until_retention(
     summary = task["summary"]
     assert summary["faces_swapped"] == 75 and summary["components"]["swapper"] == "test_inswapper_tint"
     assert summary["hop_bytes"] > 75 * 128 * 128 * 3  # at least the swapper's crops crossed to the models
+    assert summary["tracking"] and 0 < summary["detector_calls_per_frame"] < 1  # pass 1 on the served one
+    tracks = http.get(f"{app}{task['tracks_url']}", headers=_auth(KEY_A))
+    assert tracks.status_code == 200, tracks.text
+    rows = [json.loads(line) for line in tracks.text.splitlines()]
+    assert [r["frame"] for r in rows] == list(range(75))  # the test detector's one face in every frame
     response = http.get(f"{app}{task['result_url']}", headers=_auth(KEY_A))
     assert response.status_code == 200 and response.headers["content-type"] == "video/mp4"
     result = tmp_path / "result.mp4"
@@ -1415,7 +1530,7 @@ def test_bad_task_ids_are_json_errors(app: str, http: httpx.Client, raw: str) ->
 @pytest.mark.ray
 def test_unknown_tasks_are_404_and_the_routes_are_documented(app: str, http: httpx.Client) -> None:
     unknown = new_task_id()
-    for method, suffix in (("GET", ""), ("GET", "/result"), ("DELETE", "")):
+    for method, suffix in (("GET", ""), ("GET", "/result"), ("GET", "/tracks"), ("DELETE", "")):
         response = http.request(method, f"{app}/api/v1/tasks/{unknown}{suffix}", headers=_auth(KEY_A))
         _assert_error(response, 404, "not_found")
     _assert_error(http.delete(f"{app}/api/v1/tasks/{unknown}"), 401, "unauthorized")
@@ -1427,6 +1542,8 @@ def test_unknown_tasks_are_404_and_the_routes_are_documented(app: str, http: htt
         "delete",
     }
     assert set(paths["/api/v1/tasks/{task_id}/result"]) == {"get"}
+    assert set(paths["/api/v1/tasks/{task_id}/tracks"]) == {"get"}
+    assert "tracks_url" in spec["components"]["schemas"]["Task"]["properties"]
     assert "queue_position" in spec["components"]["schemas"]["Task"]["properties"]
     assert "cancelled" in spec["components"]["schemas"]["Task"]["properties"]["status"]["enum"]
 

@@ -12,8 +12,9 @@ Modules, by concern:
 - :mod:`.storage`: pyarrow.fs paths, staging remote inputs locally, uploading outputs;
 - :mod:`.targets`: planning each target in the driver (probe, frames, outputs);
 - :mod:`.decode`: the ordered decode stage (one Ray Data actor, each video's pieces in order; no model code);
+- :mod:`.plan`: the planner actor (with ``tracking``: pass 1 over each target, the faces of each frame);
 - :mod:`.swap`: the swap stage (Ray Data actors running the one orchestration);
-- :mod:`.sink`: the driver's writer: videos (audio copied, provenance label) and Parquet;
+- :mod:`.sink`: the driver's writer: videos (audio copied, provenance label), sidecars and Parquet;
 - :mod:`.job`: :func:`run_batch_job`, the dataset and its execution settings;
 - :mod:`.cli`: :func:`add_batch_arguments` and :func:`run_batch`, shared by ``python -m serve_app.batch``
   and ``faceswap-serve batch``.

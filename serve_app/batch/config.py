@@ -124,6 +124,8 @@ class TargetResult:
     target: str
     output: str
     parquet: str | None
+    tracks: str
+    """The sidecar of the faces swapped (``<name>.tracks.jsonl``)."""
     frames: int
     frames_without_face: int
     """Frames passed through unchanged because no (selected) face was found."""
@@ -131,6 +133,8 @@ class TargetResult:
     width: int
     height: int
     fps: Fraction
+    detector_calls: int = 0
+    """Frames the detector ran on (with tracking, the keyframes; without, every frame)."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,10 @@ class BatchJobResult:
         return sum(t.faces_swapped for t in self.targets)
 
     @property
+    def detector_calls(self) -> int:
+        return sum(t.detector_calls for t in self.targets)
+
+    @property
     def fps(self) -> float:
         """Frames per second over the whole job, start-up included."""
         return self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
@@ -173,6 +181,7 @@ class BatchJobResult:
             "frames": self.frames,
             "frames_without_face": self.frames_without_face,
             "faces_swapped": self.faces_swapped,
+            "detector_calls": self.detector_calls,
             "elapsed_s": round(self.elapsed_s, 3),
             "startup_s": round(self.startup_s, 3),
             "fps": round(self.fps, 2),
@@ -183,9 +192,11 @@ class BatchJobResult:
                     "target": t.target,
                     "output": t.output,
                     "parquet": t.parquet,
+                    "tracks": t.tracks,
                     "frames": t.frames,
                     "frames_without_face": t.frames_without_face,
                     "faces_swapped": t.faces_swapped,
+                    "detector_calls_per_frame": round(t.detector_calls / t.frames, 4) if t.frames else 0.0,
                     "size": [t.width, t.height],
                     "fps": str(t.fps),
                 }

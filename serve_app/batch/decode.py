@@ -7,9 +7,8 @@ the dataset holds one small row per piece: ``target`` (int32), ``start`` (int64:
 between pieces, so pieces that come in order (they do: one actor, order preserved) decode each video once,
 sequentially; a piece that does not follow the previous one is reached by a keyframe seek. Each piece is a
 small task, so Ray Data's budget stops decoding while the swap stage is behind and memory does not grow with
-the length of the video. Per-video state belongs here too: a face tracker would see every frame of its
-video in order and add each frame's faces to the batch, and the swap stage would pass them to
-:meth:`~pipeline.orchestration.SwapOrchestrator.swap_frames` (``faces=...``) instead of detecting.
+the length of the video. With ``tracking``, the faces of every frame are planned beside this stage by the
+planner actor (:mod:`.plan`) and joined to the frames in the swap stage, so this worker stays light.
 
 A frame batch holds ``target`` (int32), ``index`` (int64), ``pts`` (int64), ``time_s`` (float64) and
 ``image`` ((N, H, W, 3) uint8 BGR). This module imports no model code: the decode worker stays light.

@@ -3,7 +3,12 @@ decode and swap stages of Ray Data (:mod:`.decode`, :mod:`.swap`), and write the
 the driver (:mod:`serve_app.batch.sink`).
 
     pieces (one small row per batch of frames) -> DecodeFrames (one actor, each video in order)
-        -> SwapFrames (actor pool: models built once per actor) -> driver: VideoWriter + Parquet
+        -> SwapFrames (actor pool: models built once per actor) -> driver: VideoWriter + sidecar + Parquet
+
+With ``tracking`` (the default), a planner actor (:mod:`.plan`) makes pass 1 over the targets in job
+order beside the dataset; the swap actors wait for a target's plan when its first frames reach them and
+swap with its faces, so a target's faces flow through the whole video in order while its swaps stay
+parallel and batched.
 
 Each decoded frame crosses the object store twice (decoder -> swap actor -> driver), the minimum with the
 decoding, the models and the encoding in three processes that work at the same time. Order is preserved
@@ -30,7 +35,8 @@ from ray.util.annotations import RayDeprecationWarning
 from pipeline.errors import FaceSwapError
 from pipeline.imageio import decode_image
 from serve_app.batch.config import BatchJobConfig, BatchJobResult
-from serve_app.batch.decode import DecodeFrames, piece_rows
+from serve_app.batch.decode import DecodeFrames, FrameSource, piece_rows
+from serve_app.batch.plan import FacePlanner
 from serve_app.batch.sink import Progress, write_outputs
 from serve_app.batch.storage import read_bytes
 from serve_app.batch.swap import SwapFrames
@@ -104,10 +110,41 @@ def _actor_stage(dataset: ray.data.Dataset, udf: type, **options: Any) -> ray.da
         return dataset.map_batches(udf, batch_format="numpy", max_restarts=0, **options)
 
 
+def _driver_node() -> dict[str, str]:
+    """The label selector of the driver's node, where the staged inputs are."""
+    return {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
+
+
+@contextmanager
+def face_plans(
+    config: BatchJobConfig, sources: list[FrameSource], reference: bytes | None
+) -> Iterator[tuple[ray.ObjectRef, ...] | None]:
+    """With ``tracking``: a planner actor on the driver's node (no CPU slot of its own, like the decoder)
+    asked for every target's plan in job order; yields the plans' object references (None without
+    tracking). The planner is ended when the block ends."""
+    if not config.options.tracking:
+        yield None
+        return
+    planner: Any = (  # an ActorHandle, which mypy cannot follow through ray.remote
+        ray.remote(FacePlanner)
+        .options(num_cpus=0, max_restarts=0, label_selector=_driver_node())
+        .remote(config.pipeline, config.options, reference)
+    )
+    try:
+        yield tuple(planner.plan.remote(source) for source in sources)
+    finally:
+        ray.kill(planner)
+
+
 def build_dataset(
-    config: BatchJobConfig, plans: list[TargetPlan], source: bytes, reference: bytes | None
+    config: BatchJobConfig,
+    plans: list[TargetPlan],
+    source: bytes,
+    reference: bytes | None,
+    faces: tuple[ray.ObjectRef, ...] | None = None,
 ) -> ray.data.Dataset:
-    """The job's dataset: swapped frame batches of every target, in order (:mod:`.decode`, :mod:`.swap`)."""
+    """The job's dataset: swapped frame batches of every target, in order (:mod:`.decode`, :mod:`.swap`);
+    ``faces``: each target's face plan (:func:`face_plans`)."""
     batch_bytes = config.batch_size * max(p.frame_bytes for p in plans)
     with _job_context(config, batch_bytes):
         pieces = piece_rows([(i, chunk) for i, plan in enumerate(plans) for chunk in plan.chunks])
@@ -120,7 +157,7 @@ def build_dataset(
             # light next to the models: no CPU slot of its own, so the swap actors can take every core
             num_cpus=0,
             # the staged inputs are on the driver's node
-            label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()},
+            label_selector=_driver_node(),
         )
         return _actor_stage(
             frames,
@@ -129,6 +166,7 @@ def build_dataset(
                 "pipeline": config.actor_pipeline,
                 "options": config.options,
                 "images": (ray.put(source), None if reference is None else ray.put(reference)),
+                "plans": faces,
             },
             batch_size=config.batch_size,
             compute=ActorPoolStrategy(size=config.num_actors),
@@ -157,9 +195,10 @@ def run_batch_job(config: BatchJobConfig, progress: Progress | None = None) -> B
         staging = Path(tmp)
         plans = plan_targets(config, staging)
         try:
-            dataset = build_dataset(config, plans, source, reference)
-            batches = dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
-            written = write_outputs(batches, plans, config, staging, report)
+            with face_plans(config, [p.source for p in plans], reference) as faces:
+                dataset = build_dataset(config, plans, source, reference, faces)
+                batches = dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+                written = write_outputs(batches, plans, config, staging, report)
         except Exception as error:
             typed = unwrap(error)
             if isinstance(typed, FaceSwapError) and typed is not error:

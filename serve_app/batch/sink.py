@@ -1,5 +1,7 @@
 """The driver's end of a batch job: the swapped frames, in order, written as each target's video (audio
-copied from the source, provenance label in the container tags) and, optionally, Parquet rows."""
+copied from the source, provenance label in the container tags), its sidecar of the faces swapped
+(``<name>.tracks.jsonl``: one JSON line per face per frame, :mod:`pipeline.video_faces`) and, optionally,
+Parquet rows."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,9 +32,16 @@ PARQUET_SCHEMA = pa.schema(
         ("faces", pa.int32()),
         ("boxes", pa.list_(pa.list_(pa.float32(), 4))),
         ("scores", pa.list_(pa.float32())),
+        ("landmarks", pa.list_(pa.list_(pa.float32(), 10))),
+        ("track_ids", pa.list_(pa.int64())),
+        ("sources", pa.list_(pa.string())),
+        ("keyframe", pa.bool_()),
     ]
 )
-"""One row per frame; ``image_png`` (binary) is added when the job stores the frames."""
+"""One row per frame; the lists hold one entry per face swapped, in the same order (``landmarks``: x0, y0,
+... x4, y4, rounded as in the sidecar; ``track_ids``: null entries without tracking; ``sources``: detected,
+tracked or interpolated; ``keyframe``: whether the detector ran on the frame). ``image_png`` (binary) is
+added when the job stores the frames."""
 
 Progress = Callable[[int, int], None]
 
@@ -43,20 +52,24 @@ def components_of(batch: Mapping[str, np.ndarray]) -> dict[str, str | None]:
 
 
 class TargetSink:
-    """Writes one target's output video (and Parquet) to local files as frames come, then uploads them when
-    the output is remote. The video writer opens at the first frame (its size is the frame's)."""
+    """Writes one target's output video, its sidecar (and Parquet) to local files as frames come, then
+    uploads them when the output is remote. The files open at the first frame (the video's size is the
+    frame's)."""
 
     def __init__(self, plan: TargetPlan, index: int, config: BatchJobConfig, staging: Path) -> None:
         self.plan = plan
         self.frames = 0
         self.frames_without_face = 0
         self.faces_swapped = 0
+        self.detector_calls = 0
         self._config = config
         self._staging = staging / f"out-{index}"
         self._uploads: list[tuple[str, str]] = []
         self._writer: VideoWriter | None = None
         self._parquet: pq.ParquetWriter | None = None
         self._parquet_path: str | None = None
+        self._tracks: IO[str] | None = None
+        self._tracks_path: str | None = None
 
     def _local(self, uri: str) -> str:
         path, remote = local_output(uri, self._staging)
@@ -77,6 +90,12 @@ class TargetSink:
             audio_from=plan.source.path if plan.source.kind == "video" else None,
             metadata=video_metadata(label) if config.provenance else {},
         )
+        try:
+            self._tracks_path = self._local(plan.tracks)
+            self._tracks = open(self._tracks_path, "w", encoding="utf-8")  # closed by close() or abort()
+        except BaseException:
+            writer.abort()
+            raise
         if plan.parquet is not None:
             schema = PARQUET_SCHEMA
             if config.parquet_images:
@@ -99,6 +118,11 @@ class TargetSink:
         self.frames += len(rows)
         self.frames_without_face += int(np.count_nonzero(faces == 0))
         self.faces_swapped += int(faces.sum())
+        self.detector_calls += int(np.count_nonzero(batch["keyframe"][rows.start : rows.stop]))
+        tracks = [json.loads(str(batch["tracks"][i])) for i in rows]
+        assert self._tracks is not None
+        lines = (json.dumps(row, separators=(",", ":")) + "\n" for frame in tracks for row in frame)
+        self._tracks.writelines(lines)
         if self._parquet is not None:
             columns: dict[str, Any] = {
                 "frame": batch["index"][rows.start : rows.stop],
@@ -107,6 +131,10 @@ class TargetSink:
                 "faces": faces,
                 "boxes": [np.asarray(batch["boxes"][i], np.float32).reshape(-1, 4).tolist() for i in rows],
                 "scores": [np.asarray(batch["scores"][i], np.float32).tolist() for i in rows],
+                "landmarks": [[row["landmarks"] for row in frame] for frame in tracks],
+                "track_ids": [[row["track_id"] for row in frame] for frame in tracks],
+                "sources": [[row["source"] for row in frame] for frame in tracks],
+                "keyframe": batch["keyframe"][rows.start : rows.stop],
             }
             if self._config.parquet_images:
                 columns["image_png"] = [encode_image(batch["image"][i], "image/png") for i in rows]
@@ -117,6 +145,8 @@ class TargetSink:
         if self._writer is None:
             raise InvalidInputError(f"{self.plan.uri}: no frames decoded")
         self._writer.close()
+        if self._tracks is not None:
+            self._tracks.close()
         if self._parquet is not None:
             self._parquet.close()
         for local, uri in self._uploads:
@@ -129,6 +159,8 @@ class TargetSink:
             frames=self.frames,
             frames_without_face=self.frames_without_face,
             faces_swapped=self.faces_swapped,
+            tracks=plan.tracks,
+            detector_calls=self.detector_calls,
             width=self._writer.width,
             height=self._writer.height,
             fps=self._writer.fps,
@@ -138,10 +170,13 @@ class TargetSink:
         """Delete the partial outputs."""
         if self._writer is not None:
             self._writer.abort()
+        if self._tracks is not None:
+            self._tracks.close()
         if self._parquet is not None:
             self._parquet.close()
-        if self._parquet_path is not None:
-            Path(self._parquet_path).unlink(missing_ok=True)
+        for path in (self._tracks_path, self._parquet_path):
+            if path is not None:
+                Path(path).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

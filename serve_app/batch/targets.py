@@ -36,6 +36,8 @@ class TargetPlan:
     has_audio: bool
     output: str
     parquet: str | None
+    tracks: str
+    """The sidecar of the faces swapped, ``<output name>.tracks.jsonl`` beside the output."""
 
     @property
     def frames(self) -> int:
@@ -56,7 +58,7 @@ def _output_name(uri: str, kind: str) -> str:
 
 def _source(
     uri: str, staging: Path, config: BatchJobConfig
-) -> tuple[FrameSource, tuple[int, int], int, bool]:
+) -> tuple[FrameSource, tuple[int, int], tuple[FrameChunk, ...], bool]:
     fs, path = resolve_uri(uri)
     kind = file_type(fs, path, uri)
     if kind == pafs.FileType.Directory:
@@ -93,6 +95,7 @@ def plan_targets(config: BatchJobConfig, staging: Path) -> list[TargetPlan]:
             raise InvalidOptionError(f"output {out} would overwrite its own input")
     plans = []
     for uri, (source, size, chunks, has_audio), out in zip(config.targets, sources, outputs, strict=True):
-        parquet = out[: -len(PurePosixPath(out).suffix)] + ".parquet" if config.write_parquet else None
-        plans.append(TargetPlan(uri, source, size, chunks, has_audio, out, parquet))
+        stem = out[: -len(PurePosixPath(out).suffix)]
+        parquet = stem + ".parquet" if config.write_parquet else None
+        plans.append(TargetPlan(uri, source, size, chunks, has_audio, out, parquet, stem + ".tracks.jsonl"))
     return plans

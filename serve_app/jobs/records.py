@@ -36,13 +36,19 @@ SPEC_NAME = "job.json"
 CONTROL_NAME = "control.json"
 CANCEL_NAME = "cancel.json"
 RESULT_NAME = "result.mp4"
+TRACKS_NAME = "tracks.jsonl"
+"""The sidecar of the faces swapped (:mod:`pipeline.video_faces`), stored before the result."""
+TRACKS_PATH = f"{TASK_PATH}/tracks"
+"""The route of a completed job's sidecar (with the other paths in ``serve_app.routes`` once that module
+names it)."""
+TRACKS_TYPE = "application/jsonl"
 MAX_ATTEMPTS = 99
 """Highest attempt number a file name may carry (``attempt-<n>.json``)."""
 
 _TASK_ID = re.compile(r"[0-9a-f]{32}")
 _FILE_NAME = re.compile(
     r"job\.json|control\.json|cancel\.json|attempt-[1-9][0-9]?\.json"
-    r"|(source|target|reference|result)\.[a-z0-9]{2,4}"
+    r"|(source|target|reference|result)\.[a-z0-9]{2,4}|tracks\.jsonl"
 )
 
 
@@ -107,6 +113,10 @@ def task_url(task_id: str) -> str:
 
 def result_url(task_id: str) -> str:
     return RESULT_PATH.replace("{task_id}", check_task_id(task_id))
+
+
+def tracks_url(task_id: str) -> str:
+    return TRACKS_PATH.replace("{task_id}", check_task_id(task_id))
 
 
 class _Record(BaseModel):
@@ -289,6 +299,7 @@ def task_view(
         "error": source.error if source is not None else None,
         "error_code": source.error_code if source is not None else None,
         "result_url": f"{root_path.rstrip('/')}{result_url(spec.task_id)}" if completed else None,
+        "tracks_url": f"{root_path.rstrip('/')}{tracks_url(spec.task_id)}" if completed else None,
         "attempts": control.attempt,
         "created_at": _iso(spec.created_at),
         "updated_at": _iso(max(updated)),

@@ -9,6 +9,13 @@ warping, pasting back and encoding; the models run in the model deployments, rea
 their replicas and batching. A runner keeps ``jobs.batches_in_flight`` batches of
 ``jobs.frames_per_batch`` frames in flight.
 
+With ``tracking`` (the default) a job makes two passes over the target (:mod:`pipeline.video_faces`):
+pass 1 decodes it and plans the faces of every frame, calling the served detector (and, in ``reference``
+mode, the embedder) through the orchestration's ports from a worker thread, one keyframe at a time;
+pass 2 decodes it again and swaps each batch with its planned faces. Without tracking there is one pass
+that detects in every batch. The faces swapped are written as the sidecar ``tracks.jsonl`` beside the
+result, and the summary reports the detector calls per frame.
+
 The source identity (and the reference embedding) are computed once per job. Decoded frames are held to
 the job limits (``pipeline.video.VideoLimits``): a container that claims less than it holds fails the job
 with ``payload_too_large`` or ``invalid_input`` at the first frame over the limit.
@@ -27,26 +34,30 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import ray
 from ray import serve
 
-from pipeline.errors import InvalidInputError
+from pipeline.errors import InvalidInputError, UnsupportedOptionError
 from pipeline.imageio import decode_image
 from pipeline.options import SwapOptions
-from pipeline.orchestration import Identity, SwapOrchestrator, SwapResult
+from pipeline.orchestration import Identity, SwapOrchestrator, SwapResult, crops_for
 from pipeline.ports import Ports
 from pipeline.provenance import ProvenanceLabel, video_metadata
-from pipeline.types import Embedding, ImageBGR
+from pipeline.tracking import write_sidecar
+from pipeline.types import Embedding, Face, ImageBGR
 from pipeline.video import VideoFrame, VideoLimits, VideoWriter, iter_frame_batches, read_frames
+from pipeline.video_faces import FacePlan, detected, plan_video_faces, sidecar_rows, swap_options
 from serve_app.config import AppArgs, JobsArgs
 from serve_app.deployments import MODEL_DEPLOYMENTS
 from serve_app.errors import ServiceUnavailableError, to_service_error
-from serve_app.jobs.records import RESULT_NAME, AttemptReport, JobSpec
+from serve_app.jobs.records import RESULT_NAME, TRACKS_NAME, AttemptReport, JobSpec
 from serve_app.jobs.store import JobStore
 from serve_app.jobs.uploads import NamedReader, video_limits
 from serve_app.ports import StageHandles, metering, serve_ports
@@ -169,6 +180,11 @@ class VideoSummary:
     components: dict[str, str | None]
     hop_bytes: int
     """Array bytes sent to and received from the model deployments."""
+    tracking: bool
+    detector_calls: int
+    """Frames the detector ran on (keyframes with tracking; every frame without)."""
+    tracks: int
+    """Face tracks found (before selection); 0 without tracking."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -181,6 +197,10 @@ class VideoSummary:
             "height": self.height,
             "components": self.components,
             "hop_bytes": self.hop_bytes,
+            "tracking": self.tracking,
+            "detector_calls": self.detector_calls,
+            "detector_calls_per_frame": round(self.detector_calls / self.frames, 4) if self.frames else 0.0,
+            "tracks": self.tracks,
         }
 
 
@@ -193,6 +213,8 @@ class VideoJob:
     has_audio: bool
     fps: Fraction
     output: str
+    tracks: str
+    """Where the sidecar of the faces swapped goes (JSON lines)."""
     options: SwapOptions
     identity: Identity | None
     reference: Embedding | None
@@ -205,6 +227,58 @@ def _write_frames(writer: VideoWriter, results: Sequence[SwapResult]) -> None:
         writer.write(result.image)
 
 
+def _open_target(job: VideoJob) -> tuple[Iterator[VideoFrame], Callable[[], None]]:
+    """The decoded frames of ``job.target`` (held to the job's limits) and a function that closes them."""
+    raw = open(job.target, "rb")  # closed by the returned function, with the decoder
+    target = io.BufferedReader(NamedReader(raw, "target_video"))
+    decoded = read_frames(target, limits=job.limits)  # a generator: closing it closes the container
+
+    def close() -> None:
+        decoded.close()  # type: ignore[attr-defined]
+        target.close()
+        raw.close()
+
+    return decoded, close
+
+
+async def plan_faces(orchestrator: SwapOrchestrator, job: VideoJob, jobs: JobsArgs) -> FacePlan:
+    """Pass 1: decode ``job.target`` and plan the faces of every frame (:func:`plan_video_faces`) in a
+    worker thread. The plan's detector and embedder calls run on this event loop through the
+    orchestration's ports (the served models), each waited for while the deployments are unavailable."""
+    loop = asyncio.get_running_loop()
+    options = job.options
+
+    def on_loop(make: Callable[[], Awaitable[T]]) -> T:
+        waited = when_available(make, jobs.unavailable_timeout_s, time.monotonic)
+        return asyncio.run_coroutine_threadsafe(waited, loop).result()
+
+    def detect(image: ImageBGR) -> list[Face]:
+        return on_loop(lambda: orchestrator.detect([image], options.detector_score))[0]
+
+    def embed(image: ImageBGR, faces: Sequence[Face]) -> npt.NDArray[np.float32]:
+        embedder = orchestrator.ports.embedder
+        if embedder is None:  # orchestrator.check refuses reference mode before this
+            raise UnsupportedOptionError("face_selector_mode 'reference' needs an embedding model")
+        crops, _ = crops_for(image, faces, embedder.info.crop)
+        return on_loop(lambda: embedder.embed(crops))
+
+    def run() -> FacePlan:
+        frames, close = _open_target(job)
+        try:
+            return plan_video_faces(
+                frames,
+                detect,
+                options,
+                max_faces=orchestrator.face_limit(options),
+                embed=embed if options.face_selector_mode == "reference" else None,
+                reference=job.reference,
+            )
+        finally:
+            close()
+
+    return await asyncio.to_thread(run)
+
+
 async def swap_video(
     orchestrator: SwapOrchestrator,
     job: VideoJob,
@@ -213,80 +287,124 @@ async def swap_video(
     frames_total: int,
     clock: Clock = time.monotonic,
 ) -> VideoSummary:
-    """Swap every frame of ``job.target`` into ``job.output`` (H.264, the target's audio copied): decode
-    in a worker thread, keep ``jobs.batches_in_flight`` batches in the orchestration, write in order.
-    ``progress(done, total)`` after each batch written; ``frames_total`` is the container's claim."""
+    """Swap every frame of ``job.target`` into ``job.output`` (H.264, the target's audio copied) and write
+    the sidecar of the faces swapped to ``job.tracks``. With ``tracking``, pass 1 plans the faces
+    (:func:`plan_faces`); then decode in a worker thread, keep ``jobs.batches_in_flight`` batches in the
+    orchestration (with their planned faces), write in order. ``progress(done, total)`` after each batch
+    written; ``frames_total`` is the container's claim."""
     started = clock()
-    raw = open(job.target, "rb")  # closed below, with the decoder
-    target = io.BufferedReader(NamedReader(raw, "target_video"))
-    decoded = read_frames(target, limits=job.limits)  # a generator: closing it closes the container
+    plan: FacePlan | None = None
+    options = job.options
+    with metering() as meter:
+        if options.tracking:
+            plan = await plan_faces(orchestrator, job, jobs)
+            options = swap_options(options)
+        written = await _swap_pass(orchestrator, job, jobs, progress, frames_total, plan, options)
+    await asyncio.to_thread(write_sidecar, written.rows, job.tracks)
+    return VideoSummary(
+        frames=written.frames,
+        faces_swapped=written.faces,
+        frames_without_face=written.frames_without_face,
+        elapsed_s=clock() - started,
+        width=written.width,
+        height=written.height,
+        components=orchestrator.components,
+        hop_bytes=meter.total,
+        tracking=plan is not None,
+        detector_calls=plan.detector_calls if plan is not None else written.frames,
+        tracks=plan.tracks if plan is not None else 0,
+    )
+
+
+@dataclass
+class _Written:
+    """What the swap pass wrote."""
+
+    frames: int = 0
+    faces: int = 0
+    frames_without_face: int = 0
+    width: int = 0
+    height: int = 0
+    rows: list[dict[str, object]] = field(default_factory=list)
+    """The sidecar rows of the faces swapped, by frame."""
+
+
+async def _swap_pass(
+    orchestrator: SwapOrchestrator,
+    job: VideoJob,
+    jobs: JobsArgs,
+    progress: Callable[[int, int], Awaitable[None]],
+    frames_total: int,
+    plan: FacePlan | None,
+    options: SwapOptions,
+) -> _Written:
+    """Decode, swap (with the planned faces, when there is a plan) and write every frame."""
+    decoded, close = _open_target(job)
     batches: Iterator[list[VideoFrame]] = iter_frame_batches(decoded, jobs.frames_per_batch)
 
     async def swap(batch: list[VideoFrame]) -> list[SwapResult]:
         images: list[ImageBGR] = [frame.image for frame in batch]
+        faces = None if plan is None else plan.faces(batch[0].index, batch[-1].index + 1)
         return await when_available(
-            lambda: orchestrator.swap_frames(images, job.identity, job.options, job.reference),
+            lambda: orchestrator.swap_frames(images, job.identity, options, job.reference, faces),
             jobs.unavailable_timeout_s,
             time.monotonic,
         )
 
-    pending: deque[asyncio.Future[list[SwapResult]]] = deque()
+    pending: deque[tuple[list[VideoFrame], asyncio.Future[list[SwapResult]]]] = deque()
     writer: VideoWriter | None = None
-    frames = faces = without_face = 0
+    written = _Written()
     exhausted = False
     try:
-        with metering() as meter:
-            while True:
-                while not exhausted and len(pending) < jobs.batches_in_flight:
-                    batch = await asyncio.to_thread(next, batches, None)
-                    if batch is None:
-                        exhausted = True
-                    else:
-                        pending.append(asyncio.ensure_future(swap(batch)))
-                if not pending:
-                    break
-                results = await pending.popleft()
-                if writer is None:
-                    height, width = results[0].image.shape[:2]
-                    writer = VideoWriter(
-                        job.output,
-                        width=width,
-                        height=height,
-                        fps=job.fps,
-                        crf=jobs.crf,
-                        preset=jobs.preset,
-                        audio_from=job.target if job.has_audio else None,
-                        metadata=job.metadata,
-                    )
-                await asyncio.to_thread(_write_frames, writer, results)
-                frames += len(results)
-                faces += sum(r.faces_swapped for r in results)
-                without_face += sum(1 for r in results if not r.faces)
-                await progress(frames, max(frames_total, frames))
-            if writer is None:  # read_frames raises before this for a video without frames
-                raise InvalidInputError("target_video: no decodable video frames")
-            await asyncio.to_thread(writer.close)
+        while True:
+            while not exhausted and len(pending) < jobs.batches_in_flight:
+                batch = await asyncio.to_thread(next, batches, None)
+                if batch is None:
+                    exhausted = True
+                else:
+                    pending.append((batch, asyncio.ensure_future(swap(batch))))
+            if not pending:
+                break
+            batch, future = pending.popleft()
+            results = await future
+            if writer is None:
+                height, width = results[0].image.shape[:2]
+                writer = VideoWriter(
+                    job.output,
+                    width=width,
+                    height=height,
+                    fps=job.fps,
+                    crf=jobs.crf,
+                    preset=jobs.preset,
+                    audio_from=job.target if job.has_audio else None,
+                    metadata=job.metadata,
+                )
+            await asyncio.to_thread(_write_frames, writer, results)
+            for frame, result in zip(batch, results, strict=True):
+                planned = plan.per_frame[frame.index] if plan is not None else detected(result.faces)
+                written.rows += sidecar_rows(frame.index, frame.pts, planned)
+            written.frames += len(results)
+            written.faces += sum(r.faces_swapped for r in results)
+            written.frames_without_face += sum(1 for r in results if not r.faces)
+            await progress(written.frames, max(frames_total, written.frames))
+        if writer is None:  # read_frames raises before this for a video without frames
+            raise InvalidInputError("target_video: no decodable video frames")
+        if plan is not None and written.frames != plan.frame_count:
+            raise InvalidInputError(
+                f"target_video: {written.frames} frames decoded, {plan.frame_count} the first time"
+            )
+        await asyncio.to_thread(writer.close)
+        written.width, written.height = writer.width, writer.height
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
     finally:
-        for future in pending:
+        for _, future in pending:
             future.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        decoded.close()  # type: ignore[attr-defined]
-        target.close()
-        raw.close()
-    return VideoSummary(
-        frames=frames,
-        faces_swapped=faces,
-        frames_without_face=without_face,
-        elapsed_s=clock() - started,
-        width=writer.width,
-        height=writer.height,
-        components=orchestrator.components,
-        hop_bytes=meter.total,
-    )
+        await asyncio.gather(*(future for _, future in pending), return_exceptions=True)
+        close()
+    return written
 
 
 async def _prepare(
@@ -326,6 +444,7 @@ async def _prepare(
         has_audio=spec.video.has_audio,
         fps=Fraction(spec.video.fps),
         output=str(staging / RESULT_NAME),
+        tracks=str(staging / TRACKS_NAME),
         options=options,
         identity=identity,
         reference=reference,
@@ -363,7 +482,7 @@ async def run_attempt(
                 )
                 job = await _prepare(store, spec, args, orchestrator, Path(staging))
                 summary = await swap_video(orchestrator, job, jobs, reporter.progress, spec.video.frame_count)
-                await asyncio.to_thread(_store_result, store, task_id, job.output)
+                await asyncio.to_thread(_store_results, store, task_id, job)
             outcome = {
                 "status": "completed",
                 "frames_done": summary.frames,
@@ -380,9 +499,11 @@ async def run_attempt(
     return await reporter.write(**outcome, heartbeat_at=now, finished_at=now)
 
 
-def _store_result(store: JobStore, task_id: str, path: str) -> None:
-    with open(path, "rb") as result:
-        store.put_file(task_id, RESULT_NAME, result)
+def _store_results(store: JobStore, task_id: str, job: VideoJob) -> None:
+    """The sidecar first: a job whose result is stored has its sidecar too."""
+    for name, path in ((TRACKS_NAME, job.tracks), (RESULT_NAME, job.output)):
+        with open(path, "rb") as file:
+            store.put_file(task_id, name, file)
 
 
 class JobRunner:

@@ -3,11 +3,13 @@
 - ``POST /api/v1/jobs``: check and store the uploads, answer 202 with the task id and queue position.
 - ``GET /api/v1/tasks/{task_id}``: the task (:func:`serve_app.jobs.records.task_view`).
 - ``GET /api/v1/tasks/{task_id}/result``: the video, streamed; 409 until the job completed.
+- ``GET /api/v1/tasks/{task_id}/tracks``: the sidecar of the faces swapped (JSON lines, one row per face
+  per frame, :mod:`pipeline.video_faces`); 409 until the job completed.
 - ``DELETE /api/v1/tasks/{task_id}``: cancel a queued or running job (its runner is stopped) and delete
   its files; a finished job's files are deleted at once.
 
 With auth on, a job belongs to the API key that submitted it (``serve_app.auth.key_id``): for any other key
-it does not exist (404 on status, result and delete). Without auth jobs have no owner.
+it does not exist (404 on status, result, tracks and delete). Without auth jobs have no owner.
 
 :meth:`JobService.reconciling` runs while the replica serves: every ``jobs.reconcile_interval_s`` the
 replica tries to hold the lease; the holder runs the leader's pass (``serve_app.jobs.manager``).
@@ -37,6 +39,9 @@ from serve_app.jobs.launcher import Lease, RayLease, RayRunners, RunnerLauncher
 from serve_app.jobs.manager import JobManager
 from serve_app.jobs.records import (
     RESULT_NAME,
+    TRACKS_NAME,
+    TRACKS_PATH,
+    TRACKS_TYPE,
     JobNotFinishedError,
     JobNotFoundError,
     JobSpec,
@@ -120,6 +125,7 @@ class JobService:
             (TASK_PATH, "GET", self.task),
             (TASK_PATH, "DELETE", self.delete),
             (RESULT_PATH, "GET", self.result),
+            (TRACKS_PATH, "GET", self.tracks),
         ]
 
     # -- leadership -----------------------------------------------------------------------------------------
@@ -275,6 +281,14 @@ class JobService:
 
     async def result(self, request: Request) -> Response:
         """``GET /api/v1/tasks/{task_id}/result``: the video in chunks, 409 until the job completed."""
+        return await self._finished_file(request, RESULT_NAME, RESULT_TYPE, "mp4")
+
+    async def tracks(self, request: Request) -> Response:
+        """``GET /api/v1/tasks/{task_id}/tracks``: the sidecar in chunks, 409 until the job completed."""
+        return await self._finished_file(request, TRACKS_NAME, TRACKS_TYPE, "tracks.jsonl")
+
+    async def _finished_file(self, request: Request, name: str, media_type: str, suffix: str) -> Response:
+        """The stored file ``name`` of a completed job, streamed as a download ``<task_id>.<suffix>``."""
         try:
             with _store_errors():
                 view = await asyncio.to_thread(self._view, request)
@@ -284,18 +298,18 @@ class JobService:
                     raise JobNotFinishedError(
                         f"task {task_id} is {view['status']}{detail}; the result exists once it completed"
                     )
-                size = await asyncio.to_thread(self.store.size, task_id, RESULT_NAME)
+                size = await asyncio.to_thread(self.store.size, task_id, name)
                 if size is None:
-                    raise JobNotFoundError(f"the result of task {task_id} is missing from the store")
-                stream = await asyncio.to_thread(self.store.open_input, task_id, RESULT_NAME)
+                    raise JobNotFoundError(f"the {name} of task {task_id} is missing from the store")
+                stream = await asyncio.to_thread(self.store.open_input, task_id, name)
         except Exception as exc:
             return error_response(exc, request_id_of(request))
         return StreamingResponse(
             _chunks(stream),
-            media_type=RESULT_TYPE,
+            media_type=media_type,
             headers={
                 "Content-Length": str(size),
-                "Content-Disposition": f'attachment; filename="{task_id}.mp4"',
+                "Content-Disposition": f'attachment; filename="{task_id}.{suffix}"',
             },
         )
 
