@@ -83,11 +83,20 @@ def add_swap_arguments(parser: argparse.ArgumentParser) -> None:
     for fact in option_facts():
         if fact.kind == "boolean":
             options.add_argument(
-                _flag(fact), dest=f"option_{fact.name}", action="store_const", const="true", help=_help(fact)
+                _flag(fact),
+                dest=f"option_{fact.name}",
+                action=argparse.BooleanOptionalAction,
+                help=f"{_help(fact)}; default {'on' if fact.default else 'off'}",
             )
             continue
         choices = fact.choices if fact.kind == "string" and fact.choices else None
-        options.add_argument(_flag(fact), dest=f"option_{fact.name}", choices=choices, help=_help(fact))
+        options.add_argument(
+            _flag(fact),
+            dest=f"option_{fact.name}",
+            choices=choices,
+            metavar=None if choices else fact.kind.upper(),
+            help=_help(fact),
+        )
     options.add_argument("--enhance", action="store_true", help="add face_enhancer to the frame processors")
     options.add_argument(
         "--reference", help="image of the target person to swap (face-selector-mode reference)"

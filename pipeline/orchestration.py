@@ -524,11 +524,17 @@ class SwapOrchestrator:
         options: SwapOptions,
         reference: Embedding | None = None,
         faces: Sequence[list[Face]] | None = None,
+        *,
+        select: bool = True,
     ) -> list[SwapResult]:
         """Process a batch of video frames: detect (unless ``faces`` per frame are given, e.g. by a tracker),
-        select and process; a frame without a selected face comes back unchanged with no faces."""
+        select (unless ``select`` is False: ``faces`` are then exactly the faces to process, e.g. a video's
+        plan, and ``reference`` is not used) and process; a frame without a face to process comes back
+        unchanged with no faces."""
+        if faces is None and not select:
+            raise ValueError("select=False needs the faces to process")
         detected = list(faces) if faces is not None else await self.detect(frames, options.detector_score)
-        selected = await self.select(frames, detected, options, reference)
+        selected = await self.select(frames, detected, options, reference) if select else detected
         images = await self.process(frames, selected, identity, options)
         notices = self._notices(options)
         return [

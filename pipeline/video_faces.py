@@ -15,8 +15,9 @@ Offline swaps see the whole video, so they run in two passes over its decoded fr
    distance to the reference, else by total area), so a track does not flicker with the per-frame sizes.
    Without tracking, the detector runs on every frame and faces are selected per frame, as for an image.
 2. The caller decodes again and swaps each batch with its planned faces:
-   ``swap_frames(images, identity, swap_options(options), reference, faces=plan.faces(start, stop))``.
-   :func:`swap_options` makes the orchestration keep exactly the planned faces instead of selecting again.
+   ``swap_frames(images, identity, options, faces=plan.faces(start, stop), select=False)``: the
+   orchestration processes exactly the planned faces instead of selecting again (in ``reference`` mode it
+   would embed every face of every frame once more).
 
 A frame's planned faces are ordered largest first, the order in which the orchestration keeps and pastes
 them, so ``plan.per_frame[i]`` lines up with the faces of the swap result of frame ``i``.
@@ -112,13 +113,6 @@ class FacePlan:
             for index, (faces, pts) in enumerate(zip(self.per_frame, self.pts, strict=True))
             for row in sidecar_rows(index, pts, faces)
         ]
-
-
-def swap_options(options: SwapOptions) -> SwapOptions:
-    """The options pass 2 swaps with: the plan selected the faces already, so the orchestration keeps
-    every planned face (``many``, in the plan's order) instead of selecting per frame again (``reference``
-    mode would embed every face of every frame once more)."""
-    return options.model_copy(update={"face_selector_mode": "many"})
 
 
 def sidecar_rows(frame_index: int, pts: int | None, faces: Sequence[PlannedFace]) -> list[dict[str, object]]:

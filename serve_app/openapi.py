@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, get_args
 
 from pipeline.options import OptionFact, option_facts
 from serve_app import openapi_live
 from serve_app.auth import API_KEY_HEADER
-from serve_app.jobs.records import TRACKS_PATH, TRACKS_TYPE
+from serve_app.jobs.records import PLANNING_SHARE, Stage
 from serve_app.routes import (
     API_VERSION,
     JOBS_PATH,
@@ -22,6 +22,8 @@ from serve_app.routes import (
     RESULT_TYPE,
     SWAP_PATH,
     TASK_PATH,
+    TRACKS_PATH,
+    TRACKS_TYPE,
 )
 
 
@@ -257,8 +259,22 @@ JOB_SCHEMAS: Mapping[str, Any] = MappingProxyType(
                     "description": "While queued: the jobs ahead plus one (0: its runner is starting); "
                     "null otherwise.",
                 },
-                "progress": {"type": "number", "minimum": 0, "maximum": 1},
-                "frames_done": {"type": "integer"},
+                "progress": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 1,
+                    "description": "Fraction done. With tracking, planning the faces (pass 1) counts for "
+                    f"the first {PLANNING_SHARE:.0%}, swapping for the rest.",
+                },
+                "stage": {
+                    "type": "string",
+                    "enum": list(get_args(Stage)),
+                    "nullable": True,
+                    "description": "While running: planning (the faces of every frame, with tracking), "
+                    "then swapping; null otherwise.",
+                },
+                "frames_planned": {"type": "integer", "description": "Frames whose faces are planned."},
+                "frames_done": {"type": "integer", "description": "Frames swapped and written."},
                 "frames_total": {"type": "integer"},
                 "error": {"type": "string", "nullable": True},
                 "error_code": {

@@ -37,7 +37,7 @@ from pipeline.video import (
     read_frame_files,
     read_frames,
 )
-from pipeline.video_faces import local_detect, plan_video_faces, swap_options
+from pipeline.video_faces import local_detect, plan_video_faces
 from serve_app.batch import BatchJobConfig, add_batch_arguments, main, run_batch_job
 from serve_app.batch import storage as batch_storage
 from serve_app.batch.cli import build_parser, config_from_args
@@ -161,7 +161,7 @@ def _in_process(config: BatchJobConfig, frames: list[VideoFrame], assets: Path) 
     for batch in iter_frame_batches(frames, config.batch_size):
         faces = plan.faces(batch[0].index, batch[-1].index + 1)
         images = [f.image for f in batch]
-        results = asyncio.run(orchestrator.swap_frames(images, identity, swap_options(options), faces=faces))
+        results = asyncio.run(orchestrator.swap_frames(images, identity, options, faces=faces, select=False))
         out += [r.image for r in results]
     return out
 

@@ -56,6 +56,7 @@ from serve_app.jobs import JobService
 from serve_app.jobs.manager import SUBMIT_GRACE_S, JobManager, ReconcileReport
 from serve_app.jobs.records import (
     CONTROL_NAME,
+    PLANNING_SHARE,
     RESULT_NAME,
     SPEC_NAME,
     TRACKS_NAME,
@@ -824,6 +825,13 @@ def test_the_runner_swaps_every_frame_keeps_the_audio_and_labels_the_result(
         28,
         30,
     ]
+    running = [w for w in writes if w.status == "running"]
+    planning = [w for w in running if w.stage == "planning"]
+    assert [w.frames_planned for w in planning] == list(range(1, 31)), "planning progress not reported"
+    assert all(w.progress <= PLANNING_SHARE for w in planning) and planning[-1].progress == PLANNING_SHARE
+    assert [w.stage for w in running if w.stage is not None][-1] == "swapping"
+    fractions = [w.progress for w in writes]
+    assert fractions == sorted(fractions), "progress went backwards"
     result = tmp_path / "result.mp4"
     result.write_bytes(store.read_bytes(spec.task_id, RESULT_NAME))
     info = probe_video(result)

@@ -292,6 +292,14 @@ def test_frames_batch_through_one_call_per_stage_and_faceless_frames_pass() -> N
     results = asyncio.run(orchestrator.swap_frames([TARGET, TARGET], identity, SwapOptions(), faces=given))
     assert detector.calls == [] and [r.faces_swapped for r in results] == [1, 0]
     assert np.array_equal(results[1].image, TARGET)
+    # a plan's faces (select=False): every given face is processed, whatever the selector mode
+    planned = [[_scaled(TARGET_FACES[0], 2.0), _scaled(TARGET_FACES[0], 1.0)]]
+    one = SwapOptions(face_selector_mode="one")
+    assert asyncio.run(orchestrator.swap_frames([TARGET], identity, one, faces=planned))[0].faces_swapped == 1
+    kept = asyncio.run(orchestrator.swap_frames([TARGET], identity, one, faces=planned, select=False))
+    assert kept[0].faces == planned[0]
+    with pytest.raises(ValueError, match="needs the faces"):
+        asyncio.run(orchestrator.swap_frames([TARGET], identity, one, select=False))
 
 
 def test_a_swapper_of_another_model_refuses_the_identity() -> None:

@@ -15,7 +15,7 @@ from pipeline.options import SwapOptions
 from pipeline.tracking import SIDECAR_COLUMNS, read_sidecar, write_sidecar
 from pipeline.types import Face, ImageBGR
 from pipeline.video import VideoFrame
-from pipeline.video_faces import PlannedFace, detected, plan_video_faces, sidecar_rows, swap_options
+from pipeline.video_faces import PlannedFace, detected, plan_video_faces, sidecar_rows
 
 SIZE = (320, 240)  # width, height
 _LAYOUT = np.array([[0.3, 0.35], [0.7, 0.35], [0.5, 0.55], [0.35, 0.75], [0.65, 0.75]])
@@ -210,8 +210,6 @@ def test_planned_faces_feed_the_swap_and_the_range_is_checked():
     assert all(isinstance(p, PlannedFace) for frame in plan.per_frame for p in frame)
     with pytest.raises(InvalidInputError, match="not in the plan"):
         plan.faces(6, 9)
-    options = SwapOptions(face_selector_mode="reference", blend_ratio=0.5)
-    assert swap_options(options) == options.model_copy(update={"face_selector_mode": "many"})
     shuffled = scene.frames()
     shuffled[3], shuffled[4] = shuffled[4], shuffled[3]
     with pytest.raises(InvalidInputError, match="frame 4 came where frame 3"):

@@ -29,7 +29,7 @@ from pipeline.options import SwapOptions
 from pipeline.orchestration import SwapOrchestrator
 from pipeline.profiles import PipelineConfig, build_models
 from pipeline.types import Embedding
-from pipeline.video_faces import FacePlan, PlannedFace, detected, sidecar_rows, swap_options
+from pipeline.video_faces import FacePlan, PlannedFace, detected, sidecar_rows
 from serve_app.batch.decode import Batch
 
 
@@ -105,8 +105,8 @@ class SwapFrames:
         else:
             plans = [self._plan_of(t) for t in batch["target"].tolist()]
             faces = [plan.faces(i, i + 1)[0] for (plan, _), i in zip(plans, indices, strict=True)]
-            options = swap_options(self._options)
-            results = run(self._orchestrator.swap_frames(images, identity, options, reference, faces))
+            swap = self._orchestrator.swap_frames(images, identity, self._options, faces=faces, select=False)
+            results = run(swap)
             planned = [plan.per_frame[i] for (plan, _), i in zip(plans, indices, strict=True)]
             keyframes = [i in keys for (_, keys), i in zip(plans, indices, strict=True)]
         found = [r.faces for r in results]

@@ -27,10 +27,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.errors import FaceSwapError, InvalidInputError
 from pipeline.options import SwapOptions
 from pipeline.video import VideoInfo
-from serve_app.routes import RESULT_PATH, TASK_PATH
+from serve_app.routes import RESULT_PATH, TASK_PATH, TRACKS_PATH
 
 TaskStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 Outcome = Literal["completed", "failed"]
+Stage = Literal["planning", "swapping"]
+PLANNING_SHARE = 0.2
+"""The part of a tracked job's progress that planning its faces (pass 1) counts for: it decodes every
+frame and runs the detector on keyframes only, a fraction of what swapping them costs."""
+
+
+def job_progress(stage: Stage, done: int, total: int, tracking: bool) -> float:
+    """The fraction of a job done when ``done`` of ``total`` frames have passed ``stage``."""
+    part = min(done / total, 1.0) if total > 0 else 0.0
+    if not tracking:
+        return part
+    return PLANNING_SHARE * part if stage == "planning" else PLANNING_SHARE + (1 - PLANNING_SHARE) * part
+
 
 SPEC_NAME = "job.json"
 CONTROL_NAME = "control.json"
@@ -38,10 +51,6 @@ CANCEL_NAME = "cancel.json"
 RESULT_NAME = "result.mp4"
 TRACKS_NAME = "tracks.jsonl"
 """The sidecar of the faces swapped (:mod:`pipeline.video_faces`), stored before the result."""
-TRACKS_PATH = f"{TASK_PATH}/tracks"
-"""The route of a completed job's sidecar (with the other paths in ``serve_app.routes`` once that module
-names it)."""
-TRACKS_TYPE = "application/jsonl"
 MAX_ATTEMPTS = 99
 """Highest attempt number a file name may carry (``attempt-<n>.json``)."""
 
@@ -208,7 +217,11 @@ class AttemptReport(_Record):
     started_at: float
     heartbeat_at: float
     updated_at: float
+    stage: Stage | None = None
+    """What the runner is doing: ``planning`` the faces (pass 1, with tracking), then ``swapping``."""
+    frames_planned: int = 0
     frames_done: int = 0
+    """Frames swapped and written."""
     frames_total: int = 0
     progress: float = Field(default=0.0, ge=0.0, le=1.0)
     error: str | None = None
@@ -281,9 +294,11 @@ def task_view(
         else:  # not seen by the leader yet: behind everything that is waiting
             position = len(queue.waiting) + 1 if queue is not None else 1
     frames_total = spec.video.frame_count
-    frames_done, progress = 0, 0.0
+    frames_done, progress, stage, frames_planned = 0, 0.0, None, 0
     if isinstance(source, AttemptReport):
         frames_done, frames_total, progress = source.frames_done, source.frames_total, source.progress
+        if status == "running":
+            stage, frames_planned = source.stage, source.frames_planned
     elif isinstance(source, JobControl):
         frames_done, frames_total = source.frames_done, source.frames_total
         progress = 1.0 if source.outcome == "completed" else 0.0
@@ -294,6 +309,8 @@ def task_view(
         "status": status,
         "queue_position": position,
         "progress": round(progress, 4),
+        "stage": stage,
+        "frames_planned": frames_planned,
         "frames_done": frames_done,
         "frames_total": frames_total,
         "error": source.error if source is not None else None,

@@ -32,7 +32,7 @@ import logging
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -53,11 +53,11 @@ from pipeline.provenance import ProvenanceLabel, video_metadata
 from pipeline.tracking import write_sidecar
 from pipeline.types import Embedding, Face, ImageBGR
 from pipeline.video import VideoFrame, VideoLimits, VideoWriter, iter_frame_batches, read_frames
-from pipeline.video_faces import FacePlan, detected, plan_video_faces, sidecar_rows, swap_options
+from pipeline.video_faces import FacePlan, detected, plan_video_faces, sidecar_rows
 from serve_app.config import AppArgs, JobsArgs
 from serve_app.deployments import MODEL_DEPLOYMENTS
 from serve_app.errors import ServiceUnavailableError, to_service_error
-from serve_app.jobs.records import RESULT_NAME, TRACKS_NAME, AttemptReport, JobSpec
+from serve_app.jobs.records import RESULT_NAME, TRACKS_NAME, AttemptReport, JobSpec, Stage, job_progress
 from serve_app.jobs.store import JobStore
 from serve_app.jobs.uploads import NamedReader, video_limits
 from serve_app.ports import StageHandles, metering, serve_ports
@@ -66,13 +66,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Clock = Callable[[], float]
+Progress = Callable[[Stage, int, int], Awaitable[None]]
+"""``progress(stage, frames, total)``: ``frames`` of ``total`` have passed ``stage``."""
 PortsFactory = Callable[[], Awaitable[Ports]]
 """Builds the ports the orchestration runs on (once per attempt)."""
 
 RETRY_PAUSE_S = 0.5
 """Pause between two tries of a model call that found the deployments unavailable."""
-
-"""Deployment names of ``serve_app.deployments`` (``@serve.deployment(name=...)``) by stage."""
 
 
 def stage_handles(app_name: str) -> StageHandles:
@@ -138,13 +138,17 @@ class AttemptReporter:
             self.report = report
             return report
 
-    async def progress(self, done: int, total: int) -> None:
+    async def progress(self, stage: Stage, done: int, total: int) -> None:
+        """``done`` of ``total`` frames have passed ``stage`` (written at most once per interval, and
+        whenever the stage changes)."""
         now = self._clock()
-        if now - self._last_progress < self._interval:
+        changed = self.report is None or self.report.stage != stage
+        if not changed and now - self._last_progress < self._interval:
             return
         self._last_progress = now
-        fraction = min(done / total, 1.0) if total > 0 else 0.0
-        await self.write(frames_done=done, frames_total=total, progress=fraction, heartbeat_at=now)
+        fraction = job_progress(stage, done, total, self._spec.swap_options().tracking)
+        count = {"frames_planned" if stage == "planning" else "frames_done": done}
+        await self.write(stage=stage, frames_total=total, progress=fraction, heartbeat_at=now, **count)
 
     @asynccontextmanager
     async def heartbeats(self, interval_s: float) -> AsyncIterator[None]:
@@ -241,16 +245,26 @@ def _open_target(job: VideoJob) -> tuple[Iterator[VideoFrame], Callable[[], None
     return decoded, close
 
 
-async def plan_faces(orchestrator: SwapOrchestrator, job: VideoJob, jobs: JobsArgs) -> FacePlan:
+async def plan_faces(
+    orchestrator: SwapOrchestrator, job: VideoJob, jobs: JobsArgs, progress: Progress, frames_total: int
+) -> FacePlan:
     """Pass 1: decode ``job.target`` and plan the faces of every frame (:func:`plan_video_faces`) in a
-    worker thread. The plan's detector and embedder calls run on this event loop through the
-    orchestration's ports (the served models), each waited for while the deployments are unavailable."""
+    worker thread, with ``progress("planning", frames, total)`` after each frame. The plan's detector and
+    embedder calls run on this event loop through the orchestration's ports (the served models), each
+    waited for while the deployments are unavailable."""
     loop = asyncio.get_running_loop()
     options = job.options
 
     def on_loop(make: Callable[[], Awaitable[T]]) -> T:
         waited = when_available(make, jobs.unavailable_timeout_s, time.monotonic)
         return asyncio.run_coroutine_threadsafe(waited, loop).result()
+
+    def counted(frames: Iterable[VideoFrame]) -> Iterator[VideoFrame]:
+        for count, frame in enumerate(frames, 1):
+            yield frame
+            asyncio.run_coroutine_threadsafe(
+                progress("planning", count, max(frames_total, count)), loop
+            ).result()
 
     def detect(image: ImageBGR) -> list[Face]:
         return on_loop(lambda: orchestrator.detect([image], options.detector_score))[0]
@@ -266,7 +280,7 @@ async def plan_faces(orchestrator: SwapOrchestrator, job: VideoJob, jobs: JobsAr
         frames, close = _open_target(job)
         try:
             return plan_video_faces(
-                frames,
+                counted(frames),
                 detect,
                 options,
                 max_faces=orchestrator.face_limit(options),
@@ -283,22 +297,21 @@ async def swap_video(
     orchestrator: SwapOrchestrator,
     job: VideoJob,
     jobs: JobsArgs,
-    progress: Callable[[int, int], Awaitable[None]],
+    progress: Progress,
     frames_total: int,
     clock: Clock = time.monotonic,
 ) -> VideoSummary:
     """Swap every frame of ``job.target`` into ``job.output`` (H.264, the target's audio copied) and write
     the sidecar of the faces swapped to ``job.tracks``. With ``tracking``, pass 1 plans the faces
     (:func:`plan_faces`); then decode in a worker thread, keep ``jobs.batches_in_flight`` batches in the
-    orchestration (with their planned faces), write in order. ``progress(done, total)`` after each batch
-    written; ``frames_total`` is the container's claim."""
+    orchestration (with their planned faces), write in order. ``progress(stage, done, total)`` as frames
+    are planned and after each batch written; ``frames_total`` is the container's claim."""
     started = clock()
     plan: FacePlan | None = None
     options = job.options
     with metering() as meter:
         if options.tracking:
-            plan = await plan_faces(orchestrator, job, jobs)
-            options = swap_options(options)
+            plan = await plan_faces(orchestrator, job, jobs, progress, frames_total)
         written = await _swap_pass(orchestrator, job, jobs, progress, frames_total, plan, options)
     await asyncio.to_thread(write_sidecar, written.rows, job.tracks)
     return VideoSummary(
@@ -333,7 +346,7 @@ async def _swap_pass(
     orchestrator: SwapOrchestrator,
     job: VideoJob,
     jobs: JobsArgs,
-    progress: Callable[[int, int], Awaitable[None]],
+    progress: Progress,
     frames_total: int,
     plan: FacePlan | None,
     options: SwapOptions,
@@ -346,7 +359,9 @@ async def _swap_pass(
         images: list[ImageBGR] = [frame.image for frame in batch]
         faces = None if plan is None else plan.faces(batch[0].index, batch[-1].index + 1)
         return await when_available(
-            lambda: orchestrator.swap_frames(images, job.identity, options, job.reference, faces),
+            lambda: orchestrator.swap_frames(
+                images, job.identity, options, job.reference, faces, select=plan is None
+            ),
             jobs.unavailable_timeout_s,
             time.monotonic,
         )
@@ -386,7 +401,7 @@ async def _swap_pass(
             written.frames += len(results)
             written.faces += sum(r.faces_swapped for r in results)
             written.frames_without_face += sum(1 for r in results if not r.faces)
-            await progress(written.frames, max(frames_total, written.frames))
+            await progress("swapping", written.frames, max(frames_total, written.frames))
         if writer is None:  # read_frames raises before this for a video without frames
             raise InvalidInputError("target_video: no decodable video frames")
         if plan is not None and written.frames != plan.frame_count:

@@ -40,8 +40,6 @@ from serve_app.jobs.manager import JobManager
 from serve_app.jobs.records import (
     RESULT_NAME,
     TRACKS_NAME,
-    TRACKS_PATH,
-    TRACKS_TYPE,
     JobNotFinishedError,
     JobNotFoundError,
     JobSpec,
@@ -56,7 +54,7 @@ from serve_app.jobs.records import (
 from serve_app.jobs.store import STREAM_CHUNK_BYTES, JobStore
 from serve_app.jobs.uploads import check_uploads, read_job_form, video_limits
 from serve_app.metrics import JobMetrics
-from serve_app.routes import JOBS_PATH, RESULT_PATH, RESULT_TYPE, TASK_PATH
+from serve_app.routes import JOBS_PATH, RESULT_PATH, RESULT_TYPE, TASK_PATH, TRACKS_PATH, TRACKS_TYPE
 from serve_app.stores import check_one_node
 
 log = logging.getLogger(__name__)
