@@ -3,10 +3,10 @@
 Routes (wired into the ingress, relative to the application's route prefix):
 
 - ``POST /api/v1/identities``: multipart ``source_image`` (JPEG, PNG or WebP), optional ``ttl_s`` and the
-  swap options that decide the identity (``detector_score``, ``refine_landmarks``; the others are accepted
-  and ignored). Answers 201 ``{"identity_id", "expires_at", "ttl_s", "swapper", "kind", "face": {"box",
-  "score"}}``; 400, 413, 415 as a swap's uploads, 422 ``no_face``, 429 ``identity_quota`` when the key
-  holds ``max_per_key`` identities already.
+  swap options that decide the identity (:data:`IDENTITY_OPTIONS`; the others are accepted and ignored).
+  Answers 201 ``{"identity_id", "expires_at", "ttl_s", "swapper", "kind", "face": {"box", "score"}}``;
+  400, 413, 415 as a swap's uploads, 422 ``no_face``, 429 ``identity_quota`` when the key holds
+  ``max_per_key`` identities already.
 - ``GET /api/v1/identities/{identity_id}``: the same description; ``DELETE`` removes it (204). Both 404
   ``identity_not_found`` for an unknown, expired or another key's identity.
 
@@ -66,6 +66,8 @@ IDENTITY_PATH = "/api/v1/identities/{identity_id}"
 ANONYMOUS = "anonymous"
 """The owner of every identity when the service has no API keys."""
 IDENTITY_FIELDS = ("source_image",)
+IDENTITY_OPTIONS = ("detector_score", "refine_landmarks")
+"""The swap options that decide an identity (a create request may send the others; they are ignored)."""
 _IDENTITY_ID = re.compile(r"[0-9a-f]{32}")
 _OWNER = re.compile(r"key-[0-9a-f]{8}|" + ANONYMOUS)
 

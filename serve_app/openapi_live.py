@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from serve_app.identities import IDENTITIES_PATH, IDENTITY_PATH
+from serve_app.identities import IDENTITIES_PATH, IDENTITY_OPTIONS, IDENTITY_PATH
 from serve_app.live_protocol import LIVE_PATH, SUBPROTOCOL, TICKET_PREFIX, TICKETS_PATH
+from serve_app.openapi_forms import SOURCE_IMAGE, multipart_body, option_schemas
 
 IDENTITY_ID_FIELD: Mapping[str, Any] = MappingProxyType(
     {
@@ -92,6 +93,7 @@ def paths(errors: Mapping[str, Any], operation: Mapping[str, Any]) -> dict[str, 
     of every operation (e.g. ``security``). Refers to the component schemas ``Error``, ``Identity`` and
     ``LiveTicket``."""
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    options = option_schemas()
     auth = {code: errors[code] for code in ("401", "403", "429") if code in errors}
     identity_id = {
         "name": "identity_id",
@@ -107,32 +109,18 @@ def paths(errors: Mapping[str, Any], operation: Mapping[str, Any]) -> dict[str, 
                 "operationId": "createIdentity",
                 "summary": "Keep the largest face of a source image as an identity for later swaps.",
                 **operation,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "multipart/form-data": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "source_image": {
-                                        "type": "string",
-                                        "format": "binary",
-                                        "description": "JPEG, PNG or WebP; its largest face is the identity.",
-                                    },
-                                    "ttl_s": {
-                                        "type": "number",
-                                        "minimum": 1,
-                                        "description": "Seconds to keep it (default and maximum: the "
-                                        "service's settings).",
-                                    },
-                                    "detector_score": {"type": "number"},
-                                    "refine_landmarks": {"type": "boolean"},
-                                },
-                                "required": ["source_image"],
-                            }
-                        }
+                "requestBody": multipart_body(
+                    {
+                        "source_image": dict(SOURCE_IMAGE),
+                        "ttl_s": {
+                            "type": "number",
+                            "minimum": 1,
+                            "description": "Seconds to keep it (default and maximum: the service's settings)",
+                        },
+                        **{name: options[name] for name in IDENTITY_OPTIONS},
                     },
-                },
+                    ["source_image"],
+                ),
                 "responses": {
                     "201": {
                         "description": "Kept; Location names it.",
