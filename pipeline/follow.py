@@ -29,7 +29,15 @@ import numpy.typing as npt
 
 from pipeline.errors import InvalidOptionError
 from pipeline.smoothing import TrackSmoother, smooth_tracks
-from pipeline.tracking import TrackBuilder, TrackedFace, Tracker, TrackerConfig, Tracks, move_geometry
+from pipeline.tracking import (
+    TrackBuilder,
+    TrackedFace,
+    Tracker,
+    TrackerConfig,
+    Tracks,
+    iou_matrix,
+    move_geometry,
+)
 from pipeline.types import Face, ImageBGR
 
 GrayImage = npt.NDArray[np.uint8]
@@ -203,21 +211,28 @@ def _jump(box: npt.ArrayLike, expected: npt.NDArray[np.float64]) -> float:
     return float(np.linalg.norm((b[:2] + b[2:] - expected[:2] - expected[2:]) / 2)) / size
 
 
+def _overlaps_another(track_id: int, boxes: dict[int, npt.NDArray[np.float32]]) -> bool:
+    """Whether track ``track_id``'s (4,) box overlaps the box of any other track (``boxes`` by id)."""
+    others = [box for key, box in boxes.items() if key != track_id]
+    return bool(others) and bool(iou_matrix(boxes[track_id], np.stack(others)).max() > 0.0)
+
+
 class KeyframeTracker:
     """Streaming face tracking with keyframe detection.
 
     Per frame (:meth:`process`, frames in increasing order): every live track observed on the previous
     frame is followed by optical flow. The detector runs when ``detect_every`` frames have passed since
-    its last run, when a follow failed, and, while a track is missed (e.g. occluded), every
-    ``detect_every // 2`` frames and on the last frame before the track would end, so it is picked up
-    again soon after. Detections join tracks as in :class:`~pipeline.tracking.Tracker`; tracks no
-    detection matched keep their followed position (source ``tracked``). Missed tracks coast on their
-    motion for up to ``max_gap`` frames. The output is smoothed per track with the One-Euro filter at
-    ``smoothing`` strength (0 = raw), motion-compensated by the optical flow. :meth:`step` is the same
-    without smoothing, for offline use.
+    its last run, when a follow failed (at once, unless the face is behind another one: then as for a
+    missed face), and, while a track is missed (e.g. occluded), every ``detect_every // 2`` frames and on
+    the last frame before the track would end, so it is picked up again soon after. Detections join
+    tracks as in :class:`~pipeline.tracking.Tracker`; tracks no detection matched keep their followed
+    position (source ``tracked``). Missed tracks coast on their motion for up to ``max_gap`` frames. The
+    output is smoothed per track with the One-Euro filter at ``smoothing`` strength (0 = raw),
+    motion-compensated by the optical flow. :meth:`step` is the same without smoothing, for offline use.
 
     The tracker's ``max_undetected`` is raised to at least ``2 * detect_every`` (a followed face is
-    confirmed only at keyframes). ``detector_calls`` and ``frames`` count what was done.
+    confirmed only at keyframes). ``keyframes`` (the frames the detector ran on), ``detector_calls`` and
+    ``frames`` say what was done.
     """
 
     def __init__(
@@ -243,12 +258,17 @@ class KeyframeTracker:
         self._previous: tuple[int, GrayImage] | None = None
         self._last_output: dict[int, TrackedFace] = {}
         self._last_detection: int | None = None
-        self.detector_calls = 0
+        self.keyframes: list[int] = []
         self.frames = 0
 
-    def step(self, frame_index: int, image: ImageBGR) -> list[TrackedFace]:
-        """This frame's faces, unsmoothed (image pixels, by track id)."""
-        return self._step(frame_index, image)[0]
+    @property
+    def detector_calls(self) -> int:
+        return len(self.keyframes)
+
+    def step(self, frame_index: int, image: ImageBGR, final: bool = False) -> list[TrackedFace]:
+        """This frame's faces, unsmoothed (image pixels, by track id). On the ``final`` frame of a video the
+        detector also runs when a face was lost since its last run (nothing after it could fill the gap)."""
+        return self._step(frame_index, image, final)[0]
 
     def process(self, frame_index: int, image: ImageBGR) -> list[TrackedFace]:
         """This frame's faces, smoothed per track (image pixels, by track id): One-Euro, motion-compensated
@@ -257,7 +277,7 @@ class KeyframeTracker:
         return self._smoother.apply(faces, motion)
 
     def _step(
-        self, frame_index: int, image: ImageBGR
+        self, frame_index: int, image: ImageBGR, final: bool = False
     ) -> tuple[list[TrackedFace], dict[int, npt.NDArray[np.float64]]]:
         gray: GrayImage = np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), np.uint8)
         due = self._last_detection is None or frame_index - self._last_detection >= self.detect_every
@@ -268,21 +288,23 @@ class KeyframeTracker:
         for face in self._tracker.live():
             if self._previous is None or face.frame_index != self._previous[0]:
                 # Missed on the previous frame: look again at twice the keyframe rate, and on its last chance.
-                retry = since is None or since >= max(1, self.detect_every // 2)
+                retry = final or since is None or since >= max(1, self.detect_every // 2)
                 due = due or retry or frame_index - face.frame_index > self._tracker.config.max_gap
                 continue
             result = follow_face(
                 self._previous[1], gray, face.to_face(), self.follow, expected[face.track_id]
             )
             if result.motion is None:
-                due = True
+                # Lost behind another face (two crossing): looked for as a missed face is; else at once.
+                hidden = _overlaps_another(face.track_id, expected)
+                due = due or not hidden or final or since is None or since >= max(1, self.detect_every // 2)
                 continue
             followed[face.track_id] = result.face
             motion[face.track_id] = result.motion
         detections: list[Face] = []
         if due:
             detections = self.detect(image)
-            self.detector_calls += 1
+            self.keyframes.append(frame_index)
             self._last_detection = frame_index
         faces = self._tracker.update(frame_index, detections, followed)
         for face in faces:
@@ -307,8 +329,13 @@ class TrackingResult:
     """What :func:`track_video` found and what it cost."""
 
     tracks: Tracks
-    detector_calls: int
+    keyframes: tuple[int, ...]
+    """The frames the detector ran on, in order."""
     frames: int
+
+    @property
+    def detector_calls(self) -> int:
+        return len(self.keyframes)
 
     @property
     def calls_per_frame(self) -> float:
@@ -326,9 +353,10 @@ def track_video(
     follow: FollowConfig | None = None,
 ) -> TrackingResult:
     """Offline tracking of a whole video given as (frame index, image) pairs in increasing order:
-    keyframe detection and following as in :class:`KeyframeTracker` (without coasting), gaps of up to
-    ``max_gap`` frames interpolated, then zero-phase Savitzky-Golay smoothing at ``smoothing`` strength.
-    Holds one greyscale frame and the observed faces, not the images."""
+    keyframe detection and following as in :class:`KeyframeTracker` (without coasting),
+    gaps of up to ``max_gap`` frames interpolated, then zero-phase Savitzky-Golay smoothing at
+    ``smoothing`` strength.
+    Holds one greyscale frame, the next image and the observed faces, not the video."""
     stepper = KeyframeTracker(
         detect,
         detect_every=detect_every,
@@ -339,8 +367,13 @@ def track_video(
     )
     builder = TrackBuilder()
     count = 0
-    for frame_index, image in frames:
-        builder.add(frame_index, stepper.step(frame_index, image))
+    ahead = iter(frames)
+    current = next(ahead, None)
+    while current is not None:  # one frame of look-ahead: the final frame is known as such
+        following = next(ahead, None)
+        frame_index, image = current
+        builder.add(frame_index, stepper.step(frame_index, image, final=following is None))
         count = max(count, frame_index + 1)
+        current = following
     tracks = smooth_tracks(builder.build(count), smoothing)
-    return TrackingResult(tracks, stepper.detector_calls, stepper.frames)
+    return TrackingResult(tracks, tuple(stepper.keyframes), stepper.frames)

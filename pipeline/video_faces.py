@@ -171,15 +171,11 @@ def local_embed(embedder: Embedder) -> Embed:
 # ---------------------------------------------------------------------------------------------- the plan
 class _Feed:
     """The frames of a video in order (checked to be 0, 1, 2, ...) as (index, image), remembering each
-    one's pts and which frame is the current one."""
+    one's pts."""
 
     def __init__(self, frames: Iterable[VideoFrame]) -> None:
         self._frames = frames
         self.pts: list[int] = []
-
-    @property
-    def current(self) -> int:
-        return len(self.pts) - 1
 
     def __iter__(self) -> Iterator[tuple[int, ImageBGR]]:
         for expected, frame in enumerate(self._frames):
@@ -190,18 +186,15 @@ class _Feed:
 
 
 class _Counted:
-    """The detector (with the embedder, when given, attaching each face's embedding), recording the frames
-    of ``feed`` it ran on."""
+    """The detector (with the embedder, when given, attaching each face's embedding), counting the
+    embedder's calls."""
 
-    def __init__(self, detect: Detect, embed: Embed | None, feed: _Feed) -> None:
+    def __init__(self, detect: Detect, embed: Embed | None) -> None:
         self._detect = detect
         self._embed = embed
-        self._feed = feed
-        self.keyframes: list[int] = []
         self.embedder_calls = 0
 
     def __call__(self, image: ImageBGR) -> list[Face]:
-        self.keyframes.append(self._feed.current)
         faces = self._detect(image)
         if self._embed is None or not faces:
             return faces
@@ -232,12 +225,12 @@ def plan_video_faces(
     if by_reference and (embed is None or reference is None):
         raise InvalidOptionError("face_selector_mode 'reference' needs an embedder and a reference face")
     feed = _Feed(frames)
-    counted = _Counted(detect, embed if by_reference else None, feed)
+    counted = _Counted(detect, embed if by_reference else None)
     if not options.tracking:
         per_frame = tuple(
             detected(_select_faces(counted(image), options, max_faces, reference)) for _, image in feed
         )
-        tracks = 0
+        tracks, keyframes = 0, tuple(range(len(per_frame)))
     else:
         result = track_video(
             feed,
@@ -247,10 +240,8 @@ def plan_video_faces(
             smoothing=options.smoothing,
         )
         per_frame = _select_tracks(result.tracks, options, max_faces, reference)
-        tracks = len(result.tracks)
-    return FacePlan(
-        per_frame, tuple(feed.pts), options.tracking, tuple(counted.keyframes), counted.embedder_calls, tracks
-    )
+        tracks, keyframes = len(result.tracks), result.keyframes
+    return FacePlan(per_frame, tuple(feed.pts), options.tracking, keyframes, counted.embedder_calls, tracks)
 
 
 def _select_faces(
