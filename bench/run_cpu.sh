@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The whole CPU benchmark suite in one command (sized for a 2-core machine: under 10 minutes there):
+# The whole CPU benchmark suite in one command (sized for a 2-core machine: about 20 minutes there):
 #
 #   bench/run_cpu.sh [OUT_DIR]          # default bench/results/cpu-<UTC date>
 #
 # 1. exports the benchmark models at width $BENCH_WIDTH (default 0.125) into $BENCH_MODELS_DIR
 #    (default out/bench-models/w<width>) unless they are there already (needs torch, the `bench` extra);
-# 2. bench.micro (short cells), bench.http_bench, bench.batching, bench.video_bench;
+# 2. bench.micro (short cells), bench.http_bench, bench.batching, bench.video_bench, bench.batch_memory,
+#    bench.identity_cpu, bench.tracking_bench, bench.load_test (60 s at 6 requests/s), bench.live_load;
 # 3. writes OUT_DIR/<name>.json, OUT_DIR/<name>.txt (the printed tables) and OUT_DIR/results.md (all
 #    tables, machine, load average before and after, wall time), and prints the tables.
 # Logs (Ray's included) go to out/bench-logs/<OUT_DIR name>/. Environment: PYTHON (default python3).
@@ -46,6 +47,12 @@ step http "$PY" -m bench.http_bench --models-dir "$MODELS" --concurrency 1,4,16 
 step batching "$PY" -m bench.batching --models-dir "$MODELS" --batch-sizes 1,8,16 --concurrency 16 \
     --requests 32 --http-requests 32 --direct-batches 1,4,8,16 --seconds 1 --json "$OUT/batching.json"
 step video "$PY" -m bench.video_bench --models-dir "$MODELS" --json "$OUT/video.json"
+step memory "$PY" -m bench.batch_memory --models-dir "$MODELS" --lengths 75 300 --json "$OUT/memory.json"
+step identity_cpu "$PY" -m bench.identity_cpu --json "$OUT/identity_cpu.json"
+step tracking "$PY" -m bench.tracking_bench --json "$OUT/tracking.json"
+step load "$PY" -m bench.load_test --rate 6 --requests 360 --concurrency 8 --time-limit-s 75 \
+    --memory-every-s 5 --json "$OUT/load.json"
+step live "$PY" -m bench.live_load --connections 1 4 --duration 30 --json "$OUT/live.json"
 
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 elapsed=$(($(date +%s) - started))
@@ -75,6 +82,11 @@ sections = [
     ("HTTP vs handle vs in-process (bench.http_bench)", (out / "http.txt").read_text()),
     ("Batched vs unbatched swapper (bench.batching)", (out / "batching.txt").read_text()),
     ("Ray Data vs single-process video (bench.video_bench)", (out / "video.txt").read_text()),
+    ("Memory against video length (bench.batch_memory)", (out / "memory.txt").read_text()),
+    ("Swap by identity against swap by source image (bench.identity_cpu)", (out / "identity_cpu.txt").read_text()),
+    ("Face tracking against per-frame detection (bench.tracking_bench)", (out / "tracking.txt").read_text()),
+    ("Load held at a bounded rate (bench.load_test)", (out / "load.txt").read_text()),
+    ("Live WebSocket connections (bench.live_load)", (out / "live.txt").read_text()),
 ]
 lines = [
     f"# CPU benchmark suite, {env['date_utc'][:10]}",
