@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_ENV = {
@@ -49,11 +52,21 @@ def local_serve(num_cpus: int | None = 4, num_gpus: int = 1, port: int = 0, **ra
         "logging_level": logging.WARNING,
         "runtime_env": {"env_vars": {**RAY_ENV, "PYTHONPATH": python_path}},
     }
-    ray.init(**{**options, **ray_init})
+    options.update(ray_init)
+    ray.init(**options)
     try:
         port = port or free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
+        # Serve's driver-side logger says "Started Serve", "Connecting to existing Serve app", "Application
+        # ... is ready" at INFO on stderr: kept at the driver's level.
+        logging.getLogger("ray.serve").setLevel(options["logging_level"])
         yield f"http://127.0.0.1:{port}"
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        # Serve's controller kills itself while the driver's graceful_shutdown call waits, and Ray's error
+        # listener prints the retried call as "(raylet) Task ... failed" on sys.stdout: kept to the log.
+        notices = io.StringIO()
+        with redirect_stdout(notices):
+            serve.shutdown()
+            ray.shutdown()
+        for line in notices.getvalue().splitlines():
+            log.debug("ray shutdown: %s", line)

@@ -95,13 +95,12 @@ def test_production_wrappers_accept_the_models(exported: tuple[Path, list[em.Mod
     assert not np.allclose(embeddings[0], embeddings[1])
 
     path = out / "bench_inswapper.onnx"
-    swapper = InswapperSwapper(_session(path), load_emap(path), embedder, name="bench_inswapper")
+    swapper = InswapperSwapper(_session(path), load_emap(path), name="bench_inswapper")
     crop = _crops(1, 128, 2)
     crops = np.concatenate([crop, crop])
-    identities = swapper.latent(embeddings[:2])
-    swapped = swapper.swap_crops(crops, identities)
+    swapped = swapper.swap_crops(crops, embeddings[:2])
     assert swapped.shape == (2, 128, 128, 3) and swapped.dtype == np.uint8
-    # AdaIN: the source latent drives the output, so one target with two identities gives two pictures.
+    # AdaIN: the source latent (embedding x emap) drives the output, so one target with two identities gives two pictures.
     assert np.abs(swapped[0].astype(int) - swapped[1].astype(int)).max() > 0
 
     enhancer = GfpganEnhancer(_session(out / "bench_gfpgan.onnx"), name="bench_gfpgan")

@@ -133,10 +133,13 @@ def _replica_pids(deployment: str) -> dict[str, int]:
     }
 
 
-def _ongoing(actor_id: str) -> int:
-    """Requests the replica actor ``actor_id`` is serving now (its own count)."""
-    name = ray._private.state.actors()[actor_id]["Name"]
-    replica = ray.get_actor(name, namespace="serve")
+def _replica(actor_id: str) -> Any:
+    """The handle of the replica actor ``actor_id``."""
+    return ray.get_actor(ray._private.state.actors()[actor_id]["Name"], namespace="serve")
+
+
+def _ongoing(replica: Any) -> int:
+    """Requests the replica actor is serving now (its own count)."""
     return int(ray.get(replica.get_num_ongoing_requests.remote(), timeout=30))
 
 
@@ -239,24 +242,28 @@ def test_bounded_load_test_smoke(app: str, capsys: pytest.CaptureFixture[str]) -
 def test_killing_a_model_replica_under_load_fails_no_request(
     app: str, deployment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _wave(app, range(100, 102))[0].status == 200  # warm
+    # seeds of this deployment's own: a source seen before would come from the ingress's identity cache
+    seeds = 1000 * (1 + MODEL_DEPLOYMENTS.index(deployment))
+    assert _wave(app, range(seeds, seeds + 2))[0].status == 200  # warm
     before = _replica_pids(deployment)
     assert len(before) == REPLICAS
-    victim_id, victim_pid = sorted(before.items())[0]
+    replicas = {actor_id: _replica(actor_id) for actor_id in sorted(before)}
     retries = _retries_logged()
 
     with ThreadPoolExecutor(1) as runner:
-        in_flight = runner.submit(_wave, app, range(200, 200 + IN_FLIGHT))
-        # kill once the victim holds some of the wave's calls (they wait up to 1 s for their batch)
-        seen = 0
-        while seen < 1 and not in_flight.done():
-            seen = max(seen, _ongoing(victim_id))
-        assert seen, "the wave ended before it reached the replica"
+        in_flight = runner.submit(_wave, app, range(seeds + 100, seeds + 100 + IN_FLIGHT))
+        # the victim: the first replica that holds some of the wave's calls (they wait up to 1 s for their
+        # batch); Serve's router may send a short wave's calls to either replica, or all to one
+        victim_id = None
+        while victim_id is None and not in_flight.done():
+            victim_id = next((actor for actor, replica in replicas.items() if _ongoing(replica)), None)
+        assert victim_id is not None, "the wave ended before it reached a replica"
+        victim_pid = before[victim_id]
         os.kill(victim_pid, signal.SIGKILL)
         killed_at = time.monotonic()
         first = in_flight.result(timeout=CLIENT_TIMEOUT_S + 30)
 
-    second = _wave(app, range(300, 300 + 8))
+    second = _wave(app, range(seeds + 200, seeds + 208))
     deadline = time.monotonic() + RECOVERY_TIMEOUT_S
     while time.monotonic() < deadline:
         after = _replica_pids(deployment)
@@ -264,7 +271,7 @@ def test_killing_a_model_replica_under_load_fails_no_request(
             break
         time.sleep(0.5)
     recovered_s = time.monotonic() - killed_at
-    third = _wave(app, range(400, 408))
+    third = _wave(app, range(seeds + 300, seeds + 308))
     retried = _retries_logged() - retries
 
     rows = [

@@ -345,6 +345,7 @@ def test_health_readiness_openapi_and_page(tm: str, http: httpx.Client, local_pi
         ("/api/v1/identities/{identity_id}", "delete"),
         ("/api/v1/live/tickets", "post"),
         ("/api/v1/tasks/{task_id}/result", "get"),
+        ("/api/v1/tasks/{task_id}/tracks", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/openapi.json", "get"),
