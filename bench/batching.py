@@ -130,8 +130,9 @@ def serve_rows(
                 deploy_s[str(max_batch)] = round(time.perf_counter() - started, 1)
                 swapper = serve.get_deployment_handle("FaceSwapper", APP_NAME)
 
-                def swap_call(handle: Any = swapper) -> int:
-                    out = handle.swap.remote(crops, identities).result(timeout_s=600)
+                # the method handle is made here: threads that each made it would race to create routers
+                def swap_call(swap: Any = swapper.swap) -> int:
+                    out = swap.remote(crops, identities).result(timeout_s=600)
                     return len(out.crops)
 
                 calls: list[tuple[str, Call, int]] = [("swapper", swap_call, args.requests)]

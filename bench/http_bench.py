@@ -388,11 +388,13 @@ def inprocess_call(orchestrator: SwapOrchestrator, photos: Photos, options: Swap
 
 def handle_call(handle: Any, photos: Photos, options: SwapOptions) -> Call:
     """Decode in the client thread, ``swap_images`` through the ingress handle, encode JPEG."""
+    # the method handle is made here: client threads that each made it would race to create routers
+    swap_images = handle.swap_images
 
     def call() -> int:
         source = decode_image(photos.source_bytes, field="source_image")
         target = decode_image(photos.target_bytes, field="target_image")
-        result = handle.swap_images.remote(source, target, options).result(timeout_s=600)
+        result = swap_images.remote(source, target, options).result(timeout_s=600)
         encode_image(result.image, "image/jpeg", JPEG_QUALITY)
         return int(result.faces_swapped)
 

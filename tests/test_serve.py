@@ -435,11 +435,14 @@ def test_enhancer_autoscales_to_four_quarter_gpu_replicas_on_one_gpu(tm: str, ht
     assert _enhancer_replicas() == 1
     crops = np.stack([_noise(512, 512, seed=20)] * 2)
     enhancer = serve.get_deployment_handle("FaceEnhancer", app_name="tm")
+    # made here, not in the threads: a handle creates its router on first use, and threads racing to
+    # do so each create one, which nothing shuts down
+    enhance = enhancer.enhance
     stop = threading.Event()
 
     def load() -> None:
         while not stop.is_set():
-            assert enhancer.enhance.remote(crops).result().shape == crops.shape
+            assert enhance.remote(crops).result().shape == crops.shape
 
     deadline = time.monotonic() + 120
     with ThreadPoolExecutor(8) as pool:
