@@ -100,7 +100,8 @@ def test_production_wrappers_accept_the_models(exported: tuple[Path, list[em.Mod
     crops = np.concatenate([crop, crop])
     swapped = swapper.swap_crops(crops, embeddings[:2])
     assert swapped.shape == (2, 128, 128, 3) and swapped.dtype == np.uint8
-    # AdaIN: the source latent (embedding x emap) drives the output, so one target with two identities gives two pictures.
+    # AdaIN: the source latent (embedding x emap) drives the output, so one target with two identities gives
+    # two pictures.
     assert np.abs(swapped[0].astype(int) - swapped[1].astype(int)).max() > 0
 
     enhancer = GfpganEnhancer(_session(out / "bench_gfpgan.onnx"), name="bench_gfpgan")

@@ -736,12 +736,12 @@ def test_the_sweep_deletes_what_no_index_names(leader, tmp_path: Path) -> None:
 
 
 # -- the runner (no Ray: in-process ports over the test models) -------------------------------------------
-@pytest.fixture(scope="module")
-def ports(test_models: dict[str, Path]) -> Callable[[], Any]:
+def _ports_factory(detector: Path, test_models: dict[str, Path]) -> Callable[[], Any]:
+    """In-process ports over ``detector`` with the test embedder and the tinting test swapper, no enhancer."""
     args = AppArgs.parse(
         {
             "overrides": {
-                "detector": str(test_models["scrfd"]),
+                "detector": str(detector),
                 "embedder": str(test_models["arcface"]),
                 "swapper": str(test_models["inswapper_tint"]),
             },
@@ -756,6 +756,11 @@ def ports(test_models: dict[str, Path]) -> Callable[[], Any]:
         return models
 
     return factory
+
+
+@pytest.fixture(scope="module")
+def ports(test_models: dict[str, Path]) -> Callable[[], Any]:
+    return _ports_factory(test_models["scrfd"], test_models)
 
 
 def _stored_job(
@@ -861,24 +866,7 @@ def test_the_runner_without_tracking_detects_every_frame(tmp_path: Path, ports: 
 @pytest.fixture(scope="module")
 def real_ports(assets: Path, test_models: dict[str, Path]) -> Callable[[], Any]:
     """The real YuNet detector with the test embedder and the tinting test swapper, in-process."""
-    args = AppArgs.parse(
-        {
-            "overrides": {
-                "detector": str(assets / "models" / "face_detection_yunet_2026may.onnx"),
-                "embedder": str(test_models["arcface"]),
-                "swapper": str(test_models["inswapper_tint"]),
-            },
-            "providers": ["cpu"],
-            "intra_op_threads": 1,
-            "enhance": False,
-        }
-    )
-    models = build_models(args.pipeline_config()).ports()
-
-    async def factory() -> Ports:
-        return models
-
-    return factory
+    return _ports_factory(assets / "models" / "face_detection_yunet_2026may.onnx", test_models)
 
 
 @pytest.mark.assets
@@ -1019,7 +1007,12 @@ def test_upload_checks_accept_a_video_and_name_the_stored_files(small_video: byt
     [
         ({"target_video": "video"}, {}, InvalidInputError, "source_image: required"),
         ({"source_image": "png"}, {}, InvalidInputError, "target_video: required"),
-        ({"source_image": "png", "target_video": b"hello, not a video" * 40}, {}, UnsupportedMediaError, ""),
+        (
+            {"source_image": "png", "target_video": b"hello, not a video" * 40},
+            {},
+            UnsupportedMediaError,
+            "target_video: not a supported video container",
+        ),
         (
             {"source_image": "png", "target_video": "truncated"},
             {},
@@ -1039,7 +1032,12 @@ def test_upload_checks_accept_a_video_and_name_the_stored_files(small_video: byt
             "64x48",
         ),
         ({"source_image": b"GIF89a....", "target_video": "video"}, {}, UnsupportedMediaError, "source_image"),
-        ({"source_image": "png", "target_video": "video"}, {"max_image_bytes": 10}, PayloadTooLargeError, ""),
+        (
+            {"source_image": "png", "target_video": "video"},
+            {"max_image_bytes": 10},
+            PayloadTooLargeError,
+            r"source_image: \d+ bytes is over the image limit of 10",
+        ),
     ],
     ids=["no-source", "no-target", "text", "truncated", "too-long", "too-many-pixels", "gif", "big-image"],
 )
