@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole CPU benchmark suite in one command (sized for a 2-core machine: about 20 minutes there):
+# The whole CPU benchmark suite in one command (sized for a 2-core machine: about 11 minutes there):
 #
 #   bench/run_cpu.sh [OUT_DIR]          # default bench/results/cpu-<UTC date>
 #
