@@ -3,7 +3,10 @@ project's generated test models."""
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -15,6 +18,24 @@ REPO = Path(__file__).resolve().parents[1]
 # Ray 2.60 in CI: no token auth prompt, no usage-stats network calls.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The process ends with pytest's exit status, before the interpreter's own finalisation. That
+    finalisation tears down the native extensions this suite loads (Ray's core worker, ONNX Runtime, PyAV,
+    OpenCV, torch) with their threads, and it has ended a fully reported run with a segmentation fault
+    (exit 139) after the result was decided. By the time the handler runs, pytest's main has returned (its
+    reports and cleanups are done); exit handlers run last-in first-out, so the libraries' own (registered
+    earlier) are skipped: the fixtures shut their Ray down, and logging is flushed here."""
+
+    def leave() -> None:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(exitstatus))
+
+    atexit.register(leave)
 
 
 def shared_assets_dir() -> Path:

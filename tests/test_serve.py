@@ -131,13 +131,19 @@ def tm(serve_url: str, tm_args: dict[str, Any]) -> str:
 @pytest.fixture(scope="module")
 def lite(serve_url: str) -> str:
     """The lite profile at ``/lite``: one detector call at a time (one more queued), three swaps at the
-    ingress."""
+    ingress. Each detector call holds its replica for 0.3 s (a batch of 2 that can never fill while one
+    request at a time is let in), so that three swaps at once overflow its queue whatever the load."""
     args = {
         "profile": "lite",
         "enhance": False,
         "use_shared_assets": False,
         "ingress": {"num_cpus": 0, "max_inflight_swaps": 3},
-        "detector": {"num_cpus": 0, "max_ongoing_requests": 1, "max_queued_requests": 1},
+        "detector": {
+            "num_cpus": 0,
+            "max_ongoing_requests": 1,
+            "max_queued_requests": 1,
+            "batch": {"max_batch_size": 2, "batch_wait_timeout_s": 0.3},
+        },
         "swapper": {"num_cpus": 0},
     }
     serve.run(build_app(args), name="lite", route_prefix="/lite")
