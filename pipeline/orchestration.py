@@ -529,12 +529,15 @@ class SwapOrchestrator:
     ) -> list[SwapResult]:
         """Process a batch of video frames: detect (unless ``faces`` per frame are given, e.g. by a tracker),
         select (unless ``select`` is False: ``faces`` are then exactly the faces to process, e.g. a video's
-        plan, and ``reference`` is not used) and process; a frame without a face to process comes back
-        unchanged with no faces."""
+        plan, and ``reference`` is not used), refine as ``options`` ask, and process; a frame without a face
+        to process comes back unchanged with no faces."""
         if faces is None and not select:
             raise ValueError("select=False needs the faces to process")
         detected = list(faces) if faces is not None else await self.detect(frames, options.detector_score)
-        selected = await self.select(frames, detected, options, reference) if select else detected
+        if select:
+            selected = await self.select(frames, detected, options, reference)
+        else:
+            selected = await self.refined(frames, detected, options)
         images = await self.process(frames, selected, identity, options)
         notices = self._notices(options)
         return [

@@ -482,3 +482,14 @@ def test_refined_landmarks_come_from_the_mesh_for_targets_and_source() -> None:
     assert not np.allclose(face.landmarks, _scaled(TARGET_FACES[0], 2.0).landmarks, atol=0.5)
     with pytest.raises(UnsupportedOptionError, match="face mesh"):
         _swap(_ports(), SwapOptions(refine_landmarks=True))
+    # a video's planned faces (select=False) are refined the same way
+    identity = asyncio.run(SwapOrchestrator(ports).source_identity(SOURCE, SwapOptions()))
+    planned = [[_scaled(TARGET_FACES[0], 2.0)]]
+    landmarker.calls.clear()
+    frames = asyncio.run(
+        SwapOrchestrator(ports).swap_frames(
+            [TARGET], identity, SwapOptions(refine_landmarks=True), faces=planned, select=False
+        )
+    )
+    assert landmarker.calls == [1]
+    np.testing.assert_allclose(frames[0].faces[0].landmarks, face.landmarks, atol=1e-4)
