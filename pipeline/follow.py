@@ -284,11 +284,12 @@ class KeyframeTracker:
         followed: dict[int, Face] = {}
         motion: dict[int, npt.NDArray[np.float64]] = {}
         since = None if self._last_detection is None else frame_index - self._last_detection
+        # A face missed or lost is looked for again at twice the keyframe rate, and on its last chance.
+        retry = final or since is None or since >= max(1, self.detect_every // 2)
         expected = self._tracker.predict(frame_index)
         for face in self._tracker.live():
             if self._previous is None or face.frame_index != self._previous[0]:
-                # Missed on the previous frame: look again at twice the keyframe rate, and on its last chance.
-                retry = final or since is None or since >= max(1, self.detect_every // 2)
+                # Missed on the previous frame: looked for as a retry, or once its gap is over max_gap.
                 due = due or retry or frame_index - face.frame_index > self._tracker.config.max_gap
                 continue
             result = follow_face(
@@ -296,8 +297,7 @@ class KeyframeTracker:
             )
             if result.motion is None:
                 # Lost behind another face (two crossing): looked for as a missed face is; else at once.
-                hidden = _overlaps_another(face.track_id, expected)
-                due = due or not hidden or final or since is None or since >= max(1, self.detect_every // 2)
+                due = due or retry or not _overlaps_another(face.track_id, expected)
                 continue
             followed[face.track_id] = result.face
             motion[face.track_id] = result.motion

@@ -332,9 +332,9 @@ def test_restarting_the_application_during_a_video_job(
 
     with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
         task_id = _submit(client, app, video)
-        note("submitted", _task(client, app, task_id))
-        deadline = time.monotonic() + JOB_TIMEOUT_S
         task = _task(client, app, task_id)
+        note("submitted", task)
+        deadline = time.monotonic() + JOB_TIMEOUT_S
         while task["status"] == "queued" and time.monotonic() < deadline:
             time.sleep(0.1)
             task = _task(client, app, task_id)

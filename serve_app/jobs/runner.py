@@ -308,11 +308,10 @@ async def swap_video(
     are planned and after each batch written; ``frames_total`` is the container's claim."""
     started = clock()
     plan: FacePlan | None = None
-    options = job.options
     with metering() as meter:
-        if options.tracking:
+        if job.options.tracking:
             plan = await plan_faces(orchestrator, job, jobs, progress, frames_total)
-        written = await _swap_pass(orchestrator, job, jobs, progress, frames_total, plan, options)
+        written = await _swap_pass(orchestrator, job, jobs, progress, frames_total, plan)
     await asyncio.to_thread(write_sidecar, written.rows, job.tracks)
     return VideoSummary(
         frames=written.frames,
@@ -349,7 +348,6 @@ async def _swap_pass(
     progress: Progress,
     frames_total: int,
     plan: FacePlan | None,
-    options: SwapOptions,
 ) -> _Written:
     """Decode, swap (with the planned faces, when there is a plan) and write every frame."""
     decoded, close = _open_target(job)
@@ -360,7 +358,7 @@ async def _swap_pass(
         faces = None if plan is None else plan.faces(batch[0].index, batch[-1].index + 1)
         return await when_available(
             lambda: orchestrator.swap_frames(
-                images, job.identity, options, job.reference, faces, select=plan is None
+                images, job.identity, job.options, job.reference, faces, select=plan is None
             ),
             jobs.unavailable_timeout_s,
             time.monotonic,
