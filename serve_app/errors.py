@@ -22,7 +22,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 
 from pipeline.errors import FaceSwapError, InvalidInputError, OverloadedError
@@ -170,8 +170,8 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def request_id_of(request: Request) -> str:
-    """The request's id: ``X-Request-ID`` as the proxy passed it on (the client's when it was valid, else
-    one the proxy generated, see ``serve_app.proxy``); a fresh one when absent or invalid."""
-    value = request.headers.get("x-request-id", "")
+def request_id_of(connection: HTTPConnection) -> str:
+    """The id of a request or WebSocket: ``X-Request-ID`` as the proxy passed it on (the client's when it
+    was valid, else one the proxy generated, see ``serve_app.proxy``); a fresh one when absent or invalid."""
+    value = connection.headers.get("x-request-id", "")
     return value if valid_request_id(value) else new_request_id()

@@ -60,7 +60,7 @@ from pipeline.provenance import label_output
 from pipeline.types import Embedding, ImageBGR
 from serve_app.auth import ApiKeyAuth, TokenBucket
 from serve_app.config import AppArgs
-from serve_app.errors import RequestTimeoutError, new_request_id, to_service_error, valid_request_id
+from serve_app.errors import RequestTimeoutError, request_id_of, to_service_error
 from serve_app.identities import ANONYMOUS, IdentityService, owner_of
 from serve_app.live_protocol import (
     LIVE_PATH,
@@ -181,8 +181,7 @@ class LiveService:
     async def connect(self, websocket: WebSocket) -> None:
         """``WS /api/v1/live``: accept, authenticate, serve the connection, close it with its code."""
         started = time.perf_counter()
-        given = websocket.headers.get("x-request-id", "")
-        request_id = given if valid_request_id(given) else new_request_id()
+        request_id = request_id_of(websocket)
         offered = list(websocket.scope.get("subprotocols") or [])
         await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         key_id: str | None = None
